@@ -1,0 +1,63 @@
+# Two commands (see README.md):
+#   make caption [MODEL=/path/to/checkpoint] [VIDEO=/path/to/video.mp4]
+#   make test
+SHELL := /bin/bash
+PYTHON ?= python3
+BUILD := build
+VENV := $(BUILD)/venv
+VPY := $(VENV)/bin/python
+FORK := $(BUILD)/fork
+HF := $(BUILD)/hf
+export HF_HOME := $(abspath $(HF))
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export VLLM_TARGET_DEVICE := cpu
+export VLLM_CPU_KVCACHE_SPACE ?= 2
+export PYTHONHASHSEED := 0
+PYTEST_FLAGS ?= -q -p no:cacheprovider
+
+.PHONY: venv fork fixtures setup test test-tool test-fork lint caption export check lock clean
+
+$(VENV)/.installed: forktool/requirements.lock
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --isolated -q --no-deps --no-compile -r forktool/requirements.lock
+	touch $@
+venv: $(VENV)/.installed
+
+fork: venv
+	$(PYTHON) -m forktool runtime
+
+fixtures: venv
+	$(VPY) -m fixtures --hf-home $(HF)
+
+setup: fork fixtures
+
+test: setup
+	$(MAKE) --no-print-directory test-tool test-fork lint
+
+test-tool:
+	$(VPY) -m pytest $(PYTEST_FLAGS) forktool/tests
+
+test-fork:
+	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) \
+	  tests/models/test_registry.py \
+	  tests/models/multimodal/processing/test_common.py \
+	  tests/models/multimodal/processing/test_tensor_schema.py \
+	  tests/models/test_initialization.py \
+	  -k "llava-1.5-7b-hf or Tarsier or test_registry_imports or test_hf_registry_coverage or test_registry_model_property"
+
+lint:
+	$(VPY) -m forktool.lint
+
+caption: setup
+	$(VPY) -m fixtures.caption $(if $(MODEL),--model $(MODEL)) $(if $(VIDEO),--video $(VIDEO))
+
+export:
+	$(PYTHON) -m forktool export
+
+check:
+	$(PYTHON) -m forktool check $(or $(VERSION),0.33.0)
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,1 @@
+"""forktool: materialize, sync, refresh, export and check the Tarsier fork."""

@@ -1,0 +1,5 @@
+import sys
+
+from forktool.cli import main
+
+sys.exit(main())

