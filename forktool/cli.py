@@ -278,10 +278,17 @@ def build_patch_commit(fork: Path, pins: Pins, digest: str) -> None:
     base = import_commit(fork)
     # Put back upstream's copy of the runtime-replaced files before resetting.
     git(fork, "checkout", base, "--", *pins.replaced)
+    write_stamp(fork, overlay="")
     git(fork, "reset", "-q", "--hard", base)
     git(fork, "clean", "-q", "-fd")  # keeps ignored files: the compiled kernels
-    apply_overlay(fork)
-    apply_patches(fork, pins.version)
+    try:
+        apply_overlay(fork)
+        apply_patches(fork, pins.version)
+    except ForkError:
+        # Leave the untouched import, not a half-applied patch.
+        git(fork, "reset", "-q", "--hard", base)
+        git(fork, "clean", "-q", "-fd")
+        raise
     git(fork, "add", "-A")
     git(fork, "commit", "-q", "--allow-empty", "-F", str(PR_MESSAGE))
     write_stamp(fork, overlay=digest)
@@ -446,8 +453,8 @@ def refresh(pins: Pins) -> None:
         if not patch.exists() or patch.read_text() != text:
             patch.write_text(text)
             log(f"patches: wrote {patch.name}")
-    git(fork, "commit", "-q", "--amend", "--allow-empty", "-F",
-        str(PR_MESSAGE))
+    amend = ["--amend"] if git(fork, "rev-parse", "HEAD").strip() != base else []
+    git(fork, "commit", "-q", *amend, "--allow-empty", "-F", str(PR_MESSAGE))
     write_stamp(fork, overlay=overlay_digest(pins))
     log("refreshed; the repository now holds the fork's edits")
 
@@ -476,6 +483,9 @@ def check(pins: Pins, version: str) -> bool:
     tree = BUILD / "check" / f"vllm-{version}"
     tree.parent.mkdir(parents=True, exist_ok=True)
     unpack_sdist(sdist, tree)
+    # Keep git from finding an enclosing repository: `git apply` inside one
+    # silently skips every path outside the current folder.
+    env = os.environ | {"GIT_CEILING_DIRECTORIES": str(tree.parent)}
     ok = True
     rows: list[tuple[str, str]] = []
     clashes = [rel for rel in overlay_files() if (tree / rel).exists()]
@@ -484,9 +494,10 @@ def check(pins: Pins, version: str) -> bool:
     ok &= not clashes
     for patch in patch_files():
         exact = run(["git", "apply", "--check", str(patch)], cwd=tree,
-                    check=False)
+                    check=False, env=env)
         if exact.returncode == 0:
-            applied = run(["git", "apply", str(patch)], cwd=tree, check=False)
+            applied = run(["git", "apply", str(patch)], cwd=tree, check=False,
+                          env=env)
             rows.append((patch.name, "applies" if applied.returncode == 0
                          else "FAILS"))
             continue
