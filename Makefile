@@ -39,19 +39,27 @@ test: setup
 test-tool:
 	$(VPY) -m pytest $(PYTEST_FLAGS) forktool/tests
 
+# vLLM's own model tests, for the Tarsier ids and the LLaVA baseline, then the
+# patch's own tests.
+UPSTREAM_MM_TESTS := tests/models/multimodal/processing/test_common.py \
+  tests/models/multimodal/processing/test_tensor_schema.py \
+  tests/models/test_initialization.py
+# The patch's own tests, listed from the overlay (they are copied into the fork).
+TARSIER_TESTS := $(wildcard tests/models/multimodal/*/test_tarsier*.py tests/transformers_utils/test_tarsier*.py)
 test-fork:
-	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) \
-	  tests/models/test_registry.py \
-	  tests/models/multimodal/processing/test_common.py \
-	  tests/models/multimodal/processing/test_tensor_schema.py \
-	  tests/models/test_initialization.py \
-	  -k "llava-1.5-7b-hf or Tarsier or test_registry_imports or test_hf_registry_coverage or test_registry_model_property"
+	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) tests/models/test_registry.py \
+	  -k "not test_registry_imports or Tarsier or LlavaForConditionalGeneration"
+	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) $(UPSTREAM_MM_TESTS) \
+	  -k "llava-1.5-7b-hf or LlavaForConditionalGeneration or Tarsier"
+	$(if $(TARSIER_TESTS),cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) $(TARSIER_TESTS))
 
 lint:
 	$(VPY) -m forktool.lint
 
+CAPTION_FLAGS := $(if $(MODEL),--model $(if $(wildcard $(MODEL)),$(abspath $(MODEL)),$(MODEL))) \
+  $(if $(VIDEO),--video $(abspath $(VIDEO)))
 caption: setup
-	$(VPY) -m fixtures.caption $(if $(MODEL),--model $(MODEL)) $(if $(VIDEO),--video $(VIDEO))
+	cd $(FORK) && ../venv/bin/python examples/generate/multimodal/tarsier_video_caption.py $(CAPTION_FLAGS)
 
 export:
 	$(PYTHON) -m forktool export
