@@ -422,8 +422,12 @@ def refresh(pins: Pins) -> None:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)
             log(f"overlay: updated {rel}")
-    for rel in overlay_files():  # deleted inside the fork
-        if rel not in new_files:
+    # Deleted inside the fork: new in the patch commit, gone now. Overlay files
+    # the fork never had (added to the repo since the last sync) stay.
+    committed = git(fork, "diff", "--name-only", "--diff-filter=A", base,
+                    "HEAD").splitlines()
+    for rel in set(committed) - set(new_files):
+        if (REPO / rel).exists():
             (REPO / rel).unlink()
             log(f"overlay: removed {rel}")
 

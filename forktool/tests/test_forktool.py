@@ -166,6 +166,18 @@ def test_refresh_and_export(repo: Path, tmp_path: Path) -> None:
         assert run_tool(repo, "sync", "--force").returncode == 0
 
 
+def test_refresh_keeps_overlay_files_the_fork_has_not_seen(repo: Path) -> None:
+    new = repo / "docs" / "forktool_unsynced_probe.md"
+    new.parent.mkdir(exist_ok=True)
+    new.write_text("not synced yet\n")
+    try:
+        proc = run_tool(repo, "refresh")
+        assert proc.returncode == 0, proc.stderr
+        assert new.read_text() == "not synced yet\n"
+    finally:
+        new.unlink()
+
+
 def test_wrong_hash_stops_and_deletes_download(tmp_path: Path) -> None:
     repo = copy_repo(tmp_path)
     cache = repo / "build" / "cache"

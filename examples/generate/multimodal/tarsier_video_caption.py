@@ -50,8 +50,11 @@ def synthetic_video(
     """A 16:9 clip of a red square moving left to right over a gradient."""
     ramp = np.linspace(0, 255, width, dtype=np.uint8)
     background = np.stack(
-        [np.tile(ramp, (height, 1)), np.full((height, width), 96, np.uint8),
-         np.tile(ramp[::-1], (height, 1))],
+        [
+            np.tile(ramp, (height, 1)),
+            np.full((height, width), 96, np.uint8),
+            np.tile(ramp[::-1], (height, 1)),
+        ],
         axis=-1,
     )
     video = np.repeat(background[None], num_frames, axis=0)
@@ -75,7 +78,8 @@ def build_prompt(tarsier2: bool, question: str) -> str:
             "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>"
             f"{question}<|im_end|>\n<|im_start|>assistant\n"
         )
-    return f"USER: <video>\n{question} ASSISTANT:"
+    # The reference ends with "ASSISTANT: " (trailing space).
+    return f"USER: <video>\n{question} ASSISTANT: "
 
 
 def main(args: argparse.Namespace) -> None:
@@ -111,12 +115,16 @@ def main(args: argparse.Namespace) -> None:
     completion = output.outputs[0]
     print("=" * 72)
     print(f"model:       {args.model} ({'Tarsier2' if tarsier2 else 'Tarsier'})")
-    print(f"video:       {source}, {len(video)} frames of "
-          f"{video.shape[2]}x{video.shape[1]}")
+    print(
+        f"video:       {source}, {len(video)} frames of "
+        f"{video.shape[2]}x{video.shape[1]}"
+    )
     print(f"frames used: {args.num_frames or 'model default'}")
     print(f"prompt:      {prompt!r}")
-    print(f"tokens:      {len(output.prompt_token_ids)} prompt, "
-          f"{len(completion.token_ids)} generated")
+    print(
+        f"tokens:      {len(output.prompt_token_ids)} prompt, "
+        f"{len(completion.token_ids)} generated"
+    )
     print(f"time:        engine start {load_s:.1f} s, caption {generate_s:.2f} s")
     print(f"caption:     {completion.text!r}")
     print("=" * 72)
@@ -124,15 +132,26 @@ def main(args: argparse.Namespace) -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="omni-research/Tarsier-7b",
-                        help="Hugging Face id or local checkpoint folder.")
+    parser.add_argument(
+        "--model",
+        default="omni-research/Tarsier-7b",
+        help="Hugging Face id or local checkpoint folder.",
+    )
     parser.add_argument("--video", help="Video file (default: synthetic clip).")
     parser.add_argument("--question", default=DEFAULT_QUESTION)
-    parser.add_argument("--num-frames", type=int, default=None,
-                        help="Frames to sample (default: the model's own).")
-    parser.add_argument("--max-model-len", type=int, default=8192,
-                        help="Tarsier's 8 default frames need 4,808 tokens, "
-                        "over the 4,096 the checkpoint declares.")
+    parser.add_argument(
+        "--num-frames",
+        type=int,
+        default=None,
+        help="Frames to sample (default: the model's own).",
+    )
+    parser.add_argument(
+        "--max-model-len",
+        type=int,
+        default=8192,
+        help="Tarsier's 8 default frames need 4,808 tokens, "
+        "over the 4,096 the checkpoint declares.",
+    )
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="auto")
     return parser.parse_args()

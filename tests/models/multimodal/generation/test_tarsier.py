@@ -1,0 +1,190 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""Compare Tarsier (v1) in vLLM with an independent reference of the
+published semantics (`tarsier_reference.py`), token for token, in float32.
+
+One engine serves the module, with prefix caching and chunked prefill (small
+batches, so prompts are prefilled in several chunks), and a context raised
+for the authors' default of 8 frames per video.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vllm import LLM, SamplingParams
+from vllm.exceptions import VLLMValidationError
+
+from ....conftest import VllmRunner
+from ...utils import check_logprobs_close
+from .tarsier_reference import TarsierReference, video_frames
+
+MODEL_ID = "omni-research/Tarsier-7b"
+# 8 frames take 4,808 tokens, over the 4,096 positions of the checkpoint.
+MAX_MODEL_LEN = 5120
+MAX_NUM_BATCHED_TOKENS = 256
+MAX_TOKENS = 12
+NUM_LOGPROBS = 5
+# Both sides run in float32: top logprobs may differ by float noise only.
+LOGPROB_ATOL = 1e-3
+
+IMAGE_PROMPT = "USER: <image>\nWhat is in the image? ASSISTANT: "
+IMAGES_PROMPT = "USER: <image>\n<image>\n<image>\nCompare the images. ASSISTANT: "
+VIDEO_PROMPT = "USER: <video>\nDescribe the video in detail. ASSISTANT: "
+
+
+def _image(rng: np.random.RandomState, width: int, height: int) -> Image.Image:
+    # Smooth random content, closer to natural images than noise.
+    coarse = rng.randint(0, 256, (4, 4, 3), dtype=np.uint8)
+    return Image.fromarray(coarse).resize((width, height), Image.Resampling.BILINEAR)
+
+
+def _video(rng: np.random.RandomState, frames: int, width: int, height: int):
+    return np.stack([np.asarray(_image(rng, width, height)) for _ in range(frames)])
+
+
+@dataclass
+class Case:
+    prompt: str
+    images: list[Image.Image] = field(default_factory=list)
+    video: np.ndarray | None = None
+    num_frames: int = 8
+    pad_to_square: bool = False
+
+    def vllm_input(self) -> dict[str, Any]:
+        mm_data: dict[str, Any] = {}
+        if self.images:
+            mm_data["image"] = self.images
+        if self.video is not None:
+            mm_data["video"] = self.video
+        request: dict[str, Any] = {"prompt": self.prompt, "multi_modal_data": mm_data}
+        if self.num_frames != 8 or self.pad_to_square:
+            request["mm_processor_kwargs"] = {
+                "num_frames": self.num_frames,
+                "pad_to_square": self.pad_to_square,
+            }
+        return request
+
+    def reference_inputs(self) -> tuple[str, list[Image.Image]]:
+        if self.video is None:
+            return self.prompt, self.images
+        # The authors' pipeline expands `<video>` to one `<image>` per frame.
+        prompt = self.prompt.replace("<video>", "<image>" * self.num_frames)
+        return prompt, video_frames(self.video, self.num_frames)
+
+
+_RNG = np.random.RandomState(0)
+CASES = {
+    "non_square_image": Case(IMAGE_PROMPT, images=[_image(_RNG, 320, 180)]),
+    "three_images": Case(
+        IMAGES_PROMPT,
+        images=[_image(_RNG, 200, 400), _image(_RNG, 256, 256), _image(_RNG, 500, 120)],
+    ),
+    # 12 frames of 16:9 video, the default 8 sampled.
+    "video_8_frames": Case(VIDEO_PROMPT, video=_video(_RNG, 12, 128, 72)),
+    # A portrait video with per-request processor kwargs.
+    "video_3_frames_padded": Case(
+        VIDEO_PROMPT,
+        video=_video(_RNG, 5, 80, 120),
+        num_frames=3,
+        pad_to_square=True,
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[LLM]:
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
+        with VllmRunner(
+            MODEL_ID,
+            dtype="float32",
+            max_model_len=MAX_MODEL_LEN,
+            max_num_seqs=4,
+            enable_prefix_caching=True,
+            enable_chunked_prefill=True,
+            max_num_batched_tokens=MAX_NUM_BATCHED_TOKENS,
+            limit_mm_per_prompt={"image": 3, "video": 1},
+            enforce_eager=True,
+        ) as runner:
+            yield runner.llm
+
+
+@pytest.fixture(scope="module")
+def reference() -> TarsierReference:
+    return TarsierReference(MODEL_ID)
+
+
+def _compare(llm: LLM, reference: TarsierReference, cases: list[Case]) -> None:
+    sampling_params = SamplingParams(
+        temperature=0.0, max_tokens=MAX_TOKENS, logprobs=NUM_LOGPROBS
+    )
+    outputs = llm.generate([case.vllm_input() for case in cases], sampling_params)
+
+    vllm_results = []
+    ref_results = []
+    for case, output in zip(cases, outputs, strict=True):
+        # The prompt really was prefilled in several chunks.
+        assert len(output.prompt_token_ids) > MAX_NUM_BATCHED_TOKENS
+        sample = output.outputs[0]
+        vllm_logprobs = [
+            {token: lp.logprob for token, lp in step.items()}
+            for step in sample.logprobs
+        ]
+        prompt, frames = case.reference_inputs()
+        ref = reference.generate(
+            prompt,
+            frames,
+            max_tokens=MAX_TOKENS,
+            num_logprobs=NUM_LOGPROBS,
+            pad=case.pad_to_square,
+        )
+        vllm_results.append((list(sample.token_ids), sample.text, vllm_logprobs))
+        ref_results.append((ref.token_ids, ref.text, ref.logprobs))
+
+    check_logprobs_close(
+        outputs_0_lst=ref_results,
+        outputs_1_lst=vllm_results,
+        name_0="reference",
+        name_1="vllm",
+        always_check_logprobs=True,
+    )
+    for (ref_ids, _, ref_lps), (vllm_ids, _, vllm_lps) in zip(
+        ref_results, vllm_results, strict=True
+    ):
+        assert vllm_ids == ref_ids
+        # Greedy tokens of a tiny random model can hide a wrong input; the
+        # top logprobs do not.
+        diffs = [
+            abs(ref_lp[token] - vllm_lp[token])
+            for ref_lp, vllm_lp in zip(ref_lps, vllm_lps, strict=True)
+            for token in ref_lp.keys() & vllm_lp.keys()
+        ]
+        assert max(diffs) < LOGPROB_ATOL, diffs
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_matches_reference(llm: LLM, reference: TarsierReference, name: str) -> None:
+    _compare(llm, reference, [CASES[name]])
+
+
+def test_mixed_batch_matches_reference(llm: LLM, reference: TarsierReference) -> None:
+    # Run after the single cases: prefixes and encoder outputs are now cached.
+    _compare(llm, reference, list(CASES.values())[::-1])
+
+
+def test_prompt_over_context_names_the_fixes(llm: LLM) -> None:
+    case = Case(VIDEO_PROMPT, video=CASES["video_8_frames"].video, num_frames=9)
+    with pytest.raises(VLLMValidationError) as exc_info:
+        llm.generate(case.vllm_input(), SamplingParams(max_tokens=1))
+
+    message = str(exc_info.value)
+    assert f"maximum model length of {MAX_MODEL_LEN}" in message
+    assert "take 5409 tokens (601 per frame)" in message
+    assert "'num_frames': 8" in message
+    assert "--max-model-len" in message
+    assert "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1" in message

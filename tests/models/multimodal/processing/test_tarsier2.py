@@ -1,0 +1,391 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""Tarsier2 feeds images and videos the way its authors' pipeline does.
+
+Expected values are derived here from the published recipe, independently of
+the implementation: uniform sampling with both endpoints (Python rounding), a
+per-frame cap at factor 1, every sampled frame fed twice, then Qwen2-VL's own
+resize (factor 28).
+"""
+
+import math
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+from vllm.config import ModelConfig
+from vllm.inputs import MultiModalInput
+from vllm.model_executor.models.tarsier2 import (
+    Tarsier2ForConditionalGeneration,
+    Tarsier2FrameOptions,
+)
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.cache import MultiModalProcessorOnlyCache
+from vllm.multimodal.inputs import batched_tensors_equal
+from vllm.multimodal.processing import BaseMultiModalProcessor
+
+from ...utils import build_model_context
+
+MODEL_ID = "omni-research/Tarsier2-Recap-7b"
+IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
+IMAGE_PAD_ID, VIDEO_PAD_ID = 151655, 151656
+
+# The authors' defaults: 16 frames, 1280 * 720 / 2 px per frame and
+# 128 * 384 * 384 px per sample; the checkpoint's min/max pixels.
+NUM_FRAMES, FRAME_PIXELS, SAMPLE_PIXELS = 16, 460_800, 128 * 384 * 384
+MIN_PIXELS, MAX_PIXELS = 3136, 12_845_056
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def ref_indices(total: int, num_frames: int) -> list[int]:
+    if total <= num_frames:
+        return list(range(total))
+    if num_frames == 1:
+        return [0]
+    return [round(Fraction(i * (total - 1), num_frames - 1)) for i in range(num_frames)]
+
+
+def ref_capped(height: int, width: int, cap: float) -> tuple[int, int]:
+    if height * width <= cap:
+        return height, width
+    beta = math.sqrt(height * width / cap)
+    return int(height / beta), int(width / beta)
+
+
+def ref_grid(height: int, width: int) -> tuple[int, int]:
+    h, w = smart_resize(height, width, 28, MIN_PIXELS, MAX_PIXELS)
+    return h // 14, w // 14
+
+
+def ref_video_grid(
+    total: int,
+    height: int,
+    width: int,
+    num_frames: int = NUM_FRAMES,
+    max_frame_pixels: float = FRAME_PIXELS,
+    max_sample_pixels: float = SAMPLE_PIXELS,
+) -> list[int]:
+    sampled = len(ref_indices(total, num_frames))
+    cap = min(max_frame_pixels, max_sample_pixels / (2 * sampled))
+    return [sampled, *ref_grid(*ref_capped(height, width, cap))]
+
+
+def ref_image_grid(
+    height: int,
+    width: int,
+    max_frame_pixels: float = FRAME_PIXELS,
+    max_sample_pixels: float = SAMPLE_PIXELS,
+) -> list[int]:
+    cap = min(max_frame_pixels, max_sample_pixels / 2)
+    return [1, *ref_grid(*ref_capped(height, width, cap))]
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    return build_model_context(
+        MODEL_ID,
+        limit_mm_per_prompt={"image": 3, "video": 3},
+        mm_processor_cache_gb=1,
+    )
+
+
+@pytest.fixture(scope="module")
+def processor(ctx) -> BaseMultiModalProcessor:
+    return MULTIMODAL_REGISTRY.create_processor(
+        ctx.model_config, tokenizer=ctx.tokenizer
+    )
+
+
+def run(
+    processor: BaseMultiModalProcessor,
+    prompt: str,
+    mm_data: dict[str, Any],
+    mm_kwargs: dict[str, Any] | None = None,
+    cache: MultiModalProcessorOnlyCache | None = None,
+) -> MultiModalInput:
+    return processor(
+        prompt,
+        mm_items=processor.info.parse_mm_data(mm_data),
+        hf_processor_mm_kwargs=mm_kwargs or {},
+        cache=cache,
+    )
+
+
+def grids(result: MultiModalInput, modality: str) -> list[list[int]]:
+    return [
+        item[f"{modality}_grid_thw"].data.tolist()
+        for item in result["mm_kwargs"][modality]
+    ]
+
+
+def raw_pixels(pixel_values: torch.Tensor) -> torch.Tensor:
+    """0..255 values, whether or not normalisation was left to the model."""
+    if pixel_values.dtype == torch.uint8:
+        return pixel_values.float()
+    mean = torch.tensor(CLIP_MEAN).repeat_interleave(2 * 14 * 14)
+    std = torch.tensor(CLIP_STD).repeat_interleave(2 * 14 * 14)
+    return ((pixel_values * std + mean) * 255).round()
+
+
+def blank_video(num_frames: int, height: int, width: int) -> np.ndarray:
+    return np.zeros((num_frames, height, width, 3), dtype=np.uint8)
+
+
+def solid_video(values: list[int], height: int = 120, width: int = 160) -> np.ndarray:
+    """A video whose frame i is filled with values[i]."""
+    frames = blank_video(len(values), height, width)
+    return frames + np.asarray(values, dtype=np.uint8)[:, None, None, None]
+
+
+@pytest.mark.parametrize(
+    ("total", "num_frames", "expected"),
+    [
+        (6, 3, [0, 2, 5]),  # 2.5 rounds to even
+        (4, 3, [0, 2, 3]),  # 1.5 rounds to even
+        (12, 5, [0, 3, 6, 8, 11]),
+        # 14.5 rounds to 14; a precomputed float step would give 15
+        (30, 15, [0, 2, 4, 6, 8, 10, 12, 14, 17, 19, 21, 23, 25, 27, 29]),
+        (10, 4, [0, 3, 6, 9]),
+        (100, 1, [0]),
+        (3, 16, [0, 1, 2]),  # a shorter video is used whole
+        (16, 16, list(range(16))),
+    ],
+)
+def test_sample_indices(total: int, num_frames: int, expected: list[int]):
+    assert ref_indices(total, num_frames) == expected
+    options = Tarsier2FrameOptions(num_frames=num_frames)
+    assert options.sample_indices(total) == expected
+
+
+def test_preprocessor_size_form(processor):
+    """The checkpoint's old {min_pixels, max_pixels} form reaches both."""
+    hf_processor = processor.info.get_hf_processor()
+    for sub in (hf_processor.image_processor, hf_processor.video_processor):
+        assert sub.size.shortest_edge == MIN_PIXELS
+        assert sub.size.longest_edge == MAX_PIXELS
+
+
+@pytest.mark.parametrize(
+    "hf_overrides", [{}, {"architectures": ["Tarsier2ForConditionalGeneration"]}]
+)
+def test_resolves_to_tarsier2(hf_overrides: dict[str, Any]):
+    """No --hf-overrides needed; the explicit one keeps working."""
+    model_config = ModelConfig(MODEL_ID, hf_overrides=hf_overrides)
+
+    assert model_config.architecture == "Tarsier2ForConditionalGeneration"
+    assert model_config.uses_mrope
+    model_cls = MULTIMODAL_REGISTRY._get_model_cls(model_config)
+    assert model_cls is Tarsier2ForConditionalGeneration
+
+
+@pytest.mark.parametrize(
+    ("width", "height"),
+    [(1920, 1080), (300, 200), (28, 28), (1000, 1000), (4000, 64), (100, 5000)],
+)
+def test_image_tokens(processor, width: int, height: int):
+    image = Image.new("RGB", (width, height), color=(200, 30, 90))
+    result = run(processor, IMAGE, {"image": image})
+
+    expected = ref_image_grid(height, width)
+    assert grids(result, "image") == [expected]
+    num_tokens = math.prod(expected) // 4
+    assert result["prompt_token_ids"].count(IMAGE_PAD_ID) == num_tokens
+    info = processor.info
+    assert num_tokens == info.get_num_image_tokens(
+        image_width=width,
+        image_height=height,
+        image_processor=info.get_image_processor(),
+        mm_kwargs={},
+    )
+
+
+def test_720p_frames_give_576_tokens(processor):
+    video = blank_video(3, 720, 1280)
+    result = run(processor, VIDEO, {"video": video})
+
+    assert grids(result, "video") == [[3, 36, 64]]
+    assert result["prompt_token_ids"].count(VIDEO_PAD_ID) == 3 * 576
+    info = processor.info
+    assert (
+        info.get_num_video_tokens(
+            image_width=1280,
+            image_height=720,
+            num_frames=300,
+            image_processor=info.get_image_processor(),
+            mm_kwargs={},
+        )
+        == 16 * 576
+    )
+
+
+@pytest.mark.parametrize("total", [1, 2, 7, 16, 17, 40])
+@pytest.mark.parametrize("mm_kwargs", [{}, {"num_frames": 5}])
+def test_video_tokens(processor, total: int, mm_kwargs: dict[str, Any]):
+    video = blank_video(total, 120, 160)
+    result = run(processor, VIDEO, {"video": video}, mm_kwargs)
+
+    expected = ref_video_grid(total, 120, 160, **mm_kwargs)
+    assert grids(result, "video") == [expected]
+    num_tokens = math.prod(expected) // 4
+    assert result["prompt_token_ids"].count(VIDEO_PAD_ID) == num_tokens
+    info = processor.info
+    assert num_tokens == info.get_num_video_tokens(
+        image_width=160,
+        image_height=120,
+        num_frames=total,
+        image_processor=info.get_image_processor(),
+        mm_kwargs=mm_kwargs,
+    )
+
+
+@pytest.mark.parametrize(("total", "num_frames"), [(23, 6), (5, 16), (9, 1)])
+def test_frames_sampled_and_duplicated(processor, total: int, num_frames: int):
+    """Each temporal patch holds one sampled frame, twice."""
+    values = [10 * i for i in range(total)]
+    result = run(
+        processor,
+        VIDEO,
+        {"video": solid_video(values)},
+        {"num_frames": num_frames},
+    )
+
+    [item] = result["mm_kwargs"]["video"]
+    grid_t, grid_h, grid_w = item["video_grid_thw"].data.tolist()
+    # Qwen2-VL patch layout: (t, h, w) patches of (channel, time, 14, 14)
+    patches = raw_pixels(item["pixel_values_videos"].data)
+    red = patches.reshape(grid_t, -1, 3, 2, 14 * 14)[:, :, 0]
+
+    assert grid_t == len(ref_indices(total, num_frames))
+    assert torch.equal(red[:, :, 0], red[:, :, 1])
+    fed = [values[i] for i in ref_indices(total, num_frames)]
+    assert red.amin(dim=(1, 2, 3)).tolist() == fed
+    assert red.amax(dim=(1, 2, 3)).tolist() == fed
+
+
+@pytest.mark.parametrize(
+    "mm_kwargs",
+    [
+        {},
+        {"max_frame_pixels": 100_000},
+        {"max_sample_pixels": 16 * 50_000},
+        {"max_sample_pixels": 16 * 50_000, "num_frames": 4},
+        {"max_frame_pixels": 5_000, "num_frames": 3},
+    ],
+)
+def test_pixel_caps(processor, mm_kwargs: dict[str, Any]):
+    video = blank_video(8, 480, 640)
+    image = Image.new("RGB", (640, 480))
+    result = run(processor, VIDEO + IMAGE, {"video": video, "image": image}, mm_kwargs)
+
+    image_kwargs = {k: v for k, v in mm_kwargs.items() if k != "num_frames"}
+    assert grids(result, "video") == [ref_video_grid(8, 480, 640, **mm_kwargs)]
+    assert grids(result, "image") == [ref_image_grid(480, 640, **image_kwargs)]
+
+
+def test_frames_are_resized_like_pil(processor):
+    """A capped frame is PIL-resized (default filter) before Qwen2-VL's resize."""
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 256, (2, 90, 150, 3), dtype=np.uint8)
+    cap = 5_000
+    result = run(processor, VIDEO, {"video": video}, {"max_frame_pixels": cap})
+
+    height, width = ref_capped(90, 150, cap)
+    frames = np.stack(
+        [np.asarray(Image.fromarray(f).resize((width, height))) for f in video]
+    )
+    hf_processor = processor.info.get_hf_processor()
+    expected = hf_processor.video_processor(
+        videos=[np.repeat(frames, 2, axis=0)],
+        do_rescale=False,
+        do_normalize=False,
+        return_tensors="pt",
+    )
+    [item] = result["mm_kwargs"]["video"]
+    assert torch.equal(item["video_grid_thw"].data, expected["video_grid_thw"][0])
+    torch.testing.assert_close(
+        raw_pixels(item["pixel_values_videos"].data),
+        expected["pixel_values_videos"].float(),
+    )
+
+
+def test_configured_kwargs_and_request_override():
+    ctx = build_model_context(MODEL_ID, mm_processor_kwargs={"num_frames": 4})
+    processor = MULTIMODAL_REGISTRY.create_processor(
+        ctx.model_config, tokenizer=ctx.tokenizer
+    )
+    video = blank_video(10, 120, 160)
+
+    assert grids(run(processor, VIDEO, {"video": video}), "video")[0][0] == 4
+    result = run(processor, VIDEO, {"video": video}, {"num_frames": 6})
+    assert grids(result, "video")[0][0] == 6
+
+
+@pytest.mark.parametrize(
+    ("mm_kwargs", "match"),
+    [
+        ({"num_frames": 0}, "num_frames"),
+        ({"num_frames": 2.5}, "num_frames"),
+        ({"max_frame_pixels": -1}, "max_frame_pixels"),
+        ({"max_sample_pixels": "many"}, "max_sample_pixels"),
+    ],
+)
+def test_invalid_kwargs(processor, mm_kwargs: dict[str, Any], match: str):
+    video = blank_video(4, 56, 56)
+    with pytest.raises(ValueError, match=match):
+        run(processor, VIDEO, {"video": video}, mm_kwargs)
+
+
+def test_cached_equals_uncached(ctx, processor):
+    rng = np.random.default_rng(1)
+    mm_data = {
+        "image": [
+            Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)),
+            Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)),
+        ],
+        "video": [
+            rng.integers(0, 256, (9, 84, 112, 3), dtype=np.uint8),
+            rng.integers(0, 256, (20, 56, 84, 3), dtype=np.uint8),
+        ],
+    }
+    prompt = (IMAGE + VIDEO) * 2
+    cache = MultiModalProcessorOnlyCache(ctx.model_config)
+    baseline = run(processor, prompt, mm_data, {"num_frames": 8})
+
+    for _ in range(2):  # miss, then hit
+        cached = run(processor, prompt, mm_data, {"num_frames": 8}, cache=cache)
+        assert cached["prompt_token_ids"] == baseline["prompt_token_ids"]
+        assert cached["mm_placeholders"] == baseline["mm_placeholders"]
+        assert batched_tensors_equal(
+            cached["mm_kwargs"].get_data(), baseline["mm_kwargs"].get_data()
+        )
+
+    # Options are part of the cache key: other options, other result.
+    other = run(processor, prompt, mm_data, {"num_frames": 4}, cache=cache)
+    assert [g[0] for g in grids(other, "video")] == [4, 4]
+
+
+@pytest.mark.parametrize("seq_len", [32768, 4096])
+def test_max_tokens_match_dummy_inputs(processor, seq_len: int):
+    """Profiling's per-item maxima are reached by the dummy inputs."""
+    info = processor.info
+    mm_counts = {"image": 1, "video": 1}
+    max_tokens = info.get_mm_max_tokens_per_item(seq_len, mm_counts)
+    dummy = processor.dummy_inputs.get_dummy_mm_data(seq_len, mm_counts, {})
+    result = run(processor, IMAGE + VIDEO, dummy)
+
+    assert result["prompt_token_ids"].count(IMAGE_PAD_ID) == max_tokens["image"]
+    assert result["prompt_token_ids"].count(VIDEO_PAD_ID) == max_tokens["video"]
+    assert max_tokens["video"] <= seq_len
+    # No frame within the cap gets more tokens than the dummy frame.
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        height = int(rng.integers(30, 2000))
+        width = int(rng.integers(max(30, height // 150), min(150 * height, 20000)))
+        assert math.prod(ref_image_grid(height, width)) // 4 <= max_tokens["image"]

@@ -1,0 +1,460 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""Inference-only Tarsier2 model compatible with HuggingFace weights.
+
+Tarsier2 (omni-research/Tarsier2-Recap-7b, omni-research/Tarsier2-7b-0115) is
+Qwen2-VL-7B with its own way of feeding frames; the model math is Qwen2-VL's.
+"""
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache, cached_property
+from typing import Any, TypeVar
+
+import numpy as np
+import PIL.Image
+import torch
+from transformers import BatchFeature
+from transformers.image_transforms import to_pil_image
+from transformers.image_utils import ChannelDimension
+from transformers.models.qwen2_vl import (
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
+)
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+from vllm.config.multimodal import MultiModalDummyOptions
+from vllm.inputs import MultiModalDataDict
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.parse import ImageSize
+
+from .qwen2_vl import (
+    Qwen2VLDummyInputsBuilder,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLMultiModalProcessor,
+    Qwen2VLProcessingInfo,
+)
+from .utils import WeightsMapper
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Tarsier2FrameOptions:
+    """How Tarsier2's reference pipeline samples and sizes frames.
+
+    Every field can be set per request (or per server) in
+    ``mm_processor_kwargs``.
+    """
+
+    num_frames: int = 16
+    """Frames sampled from a video, uniformly with both endpoints; a video
+    with fewer frames is used whole."""
+
+    max_frame_pixels: float = 1280 * 720 / 2
+    """Pixel cap of each frame (and image) before Qwen2-VL's own resize."""
+
+    max_sample_pixels: float = 128 * 384 * 384
+    """Pixel budget of one item, shared by its duplicated frames."""
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, object]) -> "Tarsier2FrameOptions":
+        """Read the options from (merged) ``mm_processor_kwargs``."""
+        defaults = cls()
+        num_frames = kwargs.get("num_frames")
+        if num_frames is None:
+            num_frames = defaults.num_frames
+        elif isinstance(num_frames, bool) or not isinstance(num_frames, int):
+            raise ValueError(f"Expected `num_frames` to be an int, got {num_frames!r}")
+        elif num_frames < 1:
+            raise ValueError(f"Expected `num_frames` >= 1, got {num_frames}")
+
+        return cls(
+            num_frames=num_frames,
+            max_frame_pixels=cls._read_pixels(
+                kwargs, "max_frame_pixels", defaults.max_frame_pixels
+            ),
+            max_sample_pixels=cls._read_pixels(
+                kwargs, "max_sample_pixels", defaults.max_sample_pixels
+            ),
+        )
+
+    @staticmethod
+    def _read_pixels(kwargs: Mapping[str, object], key: str, default: float) -> float:
+        value = kwargs.get(key)
+        if value is None:
+            return default
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not value > 0
+        ):
+            raise ValueError(f"Expected `{key}` to be a positive number, got {value!r}")
+        return value
+
+    def sample_indices(self, total_frames: int) -> list[int]:
+        """Indices of the frames to keep: ``round(i * (T - 1) / (n - 1))``."""
+        if total_frames < 1:
+            raise ValueError(
+                f"Expected a video with at least one frame, got {total_frames}"
+            )
+        if total_frames <= self.num_frames:
+            return list(range(total_frames))
+        if self.num_frames == 1:
+            return [0]
+        # One division per index, so that exact halves round to even.
+        last, steps = total_frames - 1, self.num_frames - 1
+        return [round(i * last / steps) for i in range(self.num_frames)]
+
+    def max_pixels(self, num_duplicated_frames: int) -> float:
+        """Pixel cap of each frame of an item with that many frames fed."""
+        return min(
+            self.max_frame_pixels, self.max_sample_pixels / num_duplicated_frames
+        )
+
+
+def fit_to_pixels(height: int, width: int, max_pixels: float) -> tuple[int, int]:
+    """Shrink ``height x width`` to at most ``max_pixels``, keeping its aspect.
+
+    Qwen2-VL's ``smart_resize`` at factor 1: a frame over the cap becomes
+    ``floor(h / beta) x floor(w / beta)`` with ``beta = sqrt(h * w / cap)``;
+    a frame within the cap is kept as it is.
+    """
+    if height * width <= max_pixels:
+        return height, width
+    beta = math.sqrt(height * width / max_pixels)
+    return max(1, math.floor(height / beta)), max(1, math.floor(width / beta))
+
+
+def _frame_layout(frame: object) -> tuple[int, int, ChannelDimension]:
+    """Height, width and channel axis, with vLLM's HWC-first convention."""
+    if isinstance(frame, PIL.Image.Image):
+        return frame.height, frame.width, ChannelDimension.LAST
+    if isinstance(frame, (np.ndarray, torch.Tensor)) and frame.ndim == 3:
+        if frame.shape[-1] in (1, 3, 4):
+            return int(frame.shape[0]), int(frame.shape[1]), ChannelDimension.LAST
+        return int(frame.shape[1]), int(frame.shape[2]), ChannelDimension.FIRST
+    raise ValueError(
+        "Expected a frame as a PIL image or a 3-D array/tensor, "
+        f"got {type(frame).__name__}"
+    )
+
+
+def _resize_frame(frame: Any, height: int, width: int) -> PIL.Image.Image:
+    """Resize with PIL's default filter, as the reference pipeline does."""
+    if not isinstance(frame, PIL.Image.Image):
+        _, _, channel_dim = _frame_layout(frame)
+        if isinstance(frame, torch.Tensor):
+            frame = frame.cpu().numpy()
+        frame = to_pil_image(frame, input_data_format=channel_dim)
+    if frame.mode != "RGB":
+        frame = frame.convert("RGB")
+    return frame.resize((width, height))
+
+
+class Tarsier2Processor(Qwen2VLProcessor):
+    """Qwen2-VL processor that feeds frames the way Tarsier2's authors do.
+
+    Plain Qwen2-VL packs two consecutive frames into each temporal patch and
+    sizes frames only with its own resize. Tarsier2 instead samples
+    ``num_frames`` frames uniformly (endpoints included), shrinks each to at
+    most ``max_frame_pixels`` (and the item's share of ``max_sample_pixels``),
+    and repeats every sampled frame ``temporal_patch_size`` times, so that each
+    sampled frame becomes exactly one temporal patch (``grid_t`` equals the
+    number of sampled frames). An image is a single frame. Qwen2-VL's own
+    resize to multiples of 28 then applies as usual.
+
+    Sampling happens here, so a video should arrive with all its frames; a
+    video loaded from a URL arrives as vLLM's loader sampled it (see
+    ``num_frames`` in ``--media-io-kwargs``).
+    """
+
+    def __call__(  # type: ignore[override]
+        self,
+        images: Any = None,
+        text: Any = None,
+        videos: Any = None,
+        *,
+        num_frames: int | None = None,
+        max_frame_pixels: float | None = None,
+        max_sample_pixels: float | None = None,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        options = Tarsier2FrameOptions.from_kwargs(
+            {
+                "num_frames": num_frames,
+                "max_frame_pixels": max_frame_pixels,
+                "max_sample_pixels": max_sample_pixels,
+            }
+        )
+        if images is not None:
+            images = [
+                self.prepare_image(image, options) for image in self._as_list(images)
+            ]
+        if videos is not None:
+            videos = [
+                self.prepare_video(video, options) for video in self._as_list(videos)
+            ]
+        return super().__call__(images=images, text=text, videos=videos, **kwargs)
+
+    @staticmethod
+    def _as_list(items: Any) -> list[Any]:
+        return list(items) if isinstance(items, (list, tuple)) else [items]
+
+    @property
+    def frame_repeats(self) -> int:
+        """Copies of each sampled frame: one temporal patch per frame."""
+        return self.video_processor.temporal_patch_size
+
+    def prepare_image(
+        self, image: _T, options: Tarsier2FrameOptions
+    ) -> _T | PIL.Image.Image:
+        """Cap an image's pixels like a single frame."""
+        height, width, _ = _frame_layout(image)
+        new_size = fit_to_pixels(height, width, options.max_pixels(self.frame_repeats))
+        if new_size == (height, width):
+            return image
+        return _resize_frame(image, *new_size)
+
+    def prepare_video(self, video: Any, options: Tarsier2FrameOptions) -> Any:
+        """Sample, cap and duplicate the frames of one video."""
+        indices = options.sample_indices(len(video))
+        repeated = [i for i in indices for _ in range(self.frame_repeats)]
+
+        height, width, _ = _frame_layout(video[0])
+        cap = options.max_pixels(len(repeated))
+        new_size = fit_to_pixels(height, width, cap)
+        if new_size == (height, width):
+            if isinstance(video, (np.ndarray, torch.Tensor)):
+                return video[repeated]
+            return [video[i] for i in repeated]
+
+        frames = {i: np.asarray(_resize_frame(video[i], *new_size)) for i in indices}
+        return np.stack([frames[i] for i in repeated])
+
+
+def _normalize_size(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Translate the old ``size: {min_pixels, max_pixels}`` form.
+
+    Tarsier2's ``preprocessor_config.json`` predates the
+    ``{shortest_edge, longest_edge}`` form that current Transformers expects.
+    """
+    config = dict(config)
+    size = config.get("size")
+    if isinstance(size, Mapping) and ("min_pixels" in size or "max_pixels" in size):
+        new_size = {
+            k: v for k, v in size.items() if k not in ("min_pixels", "max_pixels")
+        }
+        if "min_pixels" in size:
+            new_size.setdefault("shortest_edge", size["min_pixels"])
+        if "max_pixels" in size:
+            new_size.setdefault("longest_edge", size["max_pixels"])
+        config["size"] = new_size
+    return config
+
+
+@cache
+def _frame_with_most_tokens(
+    max_pixels: float, factor: int, min_pixels: int, max_resized_pixels: int
+) -> tuple[ImageSize, int]:
+    """The frame within ``max_pixels`` that Qwen2-VL resizes to most tokens.
+
+    Qwen2-VL rounds each side to the nearest multiple of ``factor`` (one token
+    per ``factor x factor`` cell), so the frame with most pixels is not always
+    the one with most tokens.
+    """
+    best = (ImageSize(width=1, height=1), 0)
+    for height in range(1, math.isqrt(int(max_pixels)) + 1):
+        # Qwen2-VL rejects aspect ratios above 200
+        width = min(int(max_pixels // height), 200 * height)
+        h, w = smart_resize(height, width, factor, min_pixels, max_resized_pixels)
+        tokens = (h // factor) * (w // factor)
+        if tokens > best[1]:
+            best = (ImageSize(width=width, height=height), tokens)
+    return best
+
+
+class Tarsier2ProcessingInfo(Qwen2VLProcessingInfo):
+    """Qwen2-VL processing info whose token counts follow Tarsier2's frames."""
+
+    @cached_property
+    def _hf_processor(self) -> Tarsier2Processor:
+        config = _normalize_size(self.ctx.get_hf_image_processor_config())
+        # The reference pipeline sizes video frames with the image settings.
+        return Tarsier2Processor(
+            image_processor=Qwen2VLImageProcessor(**config),
+            video_processor=Qwen2VLVideoProcessor(**config, cap_pixels_per_frame=False),
+            tokenizer=self.get_tokenizer(),
+        )
+
+    def get_hf_processor(self, **kwargs: object) -> Tarsier2Processor:
+        # Request options reach the processor call, not its construction.
+        return self._hf_processor
+
+    def get_frame_options(
+        self, mm_kwargs: Mapping[str, object]
+    ) -> Tarsier2FrameOptions:
+        """Frame options of a request, over the configured defaults."""
+        return Tarsier2FrameOptions.from_kwargs(
+            self.ctx.get_merged_mm_kwargs(mm_kwargs)
+        )
+
+    @property
+    def frame_repeats(self) -> int:
+        return self.get_hf_config().vision_config.temporal_patch_size
+
+    def get_num_image_tokens(
+        self,
+        *,
+        image_width: int,
+        image_height: int,
+        image_processor: Qwen2VLImageProcessor,
+        mm_kwargs: Mapping[str, object],
+    ) -> int:
+        options = self.get_frame_options(mm_kwargs)
+        height, width = fit_to_pixels(
+            image_height, image_width, options.max_pixels(self.frame_repeats)
+        )
+        return super().get_num_image_tokens(
+            image_width=width,
+            image_height=height,
+            image_processor=image_processor,
+            mm_kwargs=mm_kwargs,
+        )
+
+    def get_num_video_tokens(
+        self,
+        *,
+        image_width: int,
+        image_height: int,
+        num_frames: int,
+        image_processor: Qwen2VLImageProcessor,
+        mm_kwargs: Mapping[str, object],
+    ) -> int:
+        options = self.get_frame_options(mm_kwargs)
+        num_fed = len(options.sample_indices(num_frames)) * self.frame_repeats
+        height, width = fit_to_pixels(
+            image_height, image_width, options.max_pixels(num_fed)
+        )
+        return super().get_num_video_tokens(
+            image_width=width,
+            image_height=height,
+            num_frames=num_fed,
+            image_processor=image_processor,
+            mm_kwargs=mm_kwargs,
+        )
+
+    def _get_frame_with_most_tokens(self, max_pixels: float) -> tuple[ImageSize, int]:
+        vision_config = self.get_hf_config().vision_config
+        size = self._get_vision_size(
+            self._merge_and_resolve_mm_processor_kwargs({}).get("images_kwargs", {}),
+            default_size=self.get_image_processor().size,
+        )
+        return _frame_with_most_tokens(
+            max_pixels,
+            vision_config.patch_size * vision_config.spatial_merge_size,
+            size["shortest_edge"],
+            size["longest_edge"],
+        )
+
+    def get_image_size_with_most_features(
+        self, max_pixels: int | None = None
+    ) -> ImageSize:
+        cap = (
+            self.get_frame_options({}).max_pixels(self.frame_repeats)
+            if max_pixels is None
+            else max_pixels
+        )
+        return self._get_frame_with_most_tokens(cap)[0]
+
+    def get_video_frame_size_with_most_features(self, num_frames: int) -> ImageSize:
+        """Frame size of a ``num_frames`` video with the most tokens."""
+        options = self.get_frame_options({})
+        num_fed = len(options.sample_indices(num_frames)) * self.frame_repeats
+        return self._get_frame_with_most_tokens(options.max_pixels(num_fed))[0]
+
+    def get_num_frames_with_most_features(
+        self,
+        seq_len: int,
+        mm_counts: Mapping[str, int],
+        max_frames_per_video: int | None = None,
+    ) -> int:
+        """Frames of the video with most tokens that fits its share of ``seq_len``.
+
+        Tarsier2 feeds at most ``num_frames`` sampled frames, and fewer frames
+        may each get more pixels, so every count up to that is tried.
+        """
+        options = self.get_frame_options({})
+        max_frames = options.num_frames
+        if max_frames_per_video is not None:
+            max_frames = min(max_frames, max_frames_per_video)
+        budget = seq_len // max(mm_counts.get("video", 0), 1)
+
+        best_frames, best_tokens = 1, 0
+        for num_frames in range(1, max_frames + 1):
+            num_fed = num_frames * self.frame_repeats
+            _, tokens = self._get_frame_with_most_tokens(options.max_pixels(num_fed))
+            if best_tokens < num_frames * tokens <= budget:
+                best_frames, best_tokens = num_frames, num_frames * tokens
+        return best_frames
+
+    def get_max_video_tokens(self, seq_len: int, mm_counts: Mapping[str, int]) -> int:
+        num_frames = self.get_num_frames_with_most_features(seq_len, mm_counts)
+        size = self.get_video_frame_size_with_most_features(num_frames)
+        return self.get_num_video_tokens(
+            image_width=size.width,
+            image_height=size.height,
+            num_frames=num_frames,
+            image_processor=self.get_image_processor(),
+            mm_kwargs={},
+        )
+
+
+class Tarsier2DummyInputsBuilder(Qwen2VLDummyInputsBuilder):
+    def get_dummy_mm_data(
+        self,
+        seq_len: int,
+        mm_counts: Mapping[str, int],
+        mm_options: MultiModalDummyOptions,
+    ) -> MultiModalDataDict:
+        # Frames of a long video get fewer pixels than an image.
+        assert isinstance(self.info, Tarsier2ProcessingInfo)
+        image_size = self.info.get_image_size_with_most_features()
+        num_frames = self.info.get_num_frames_with_most_features(seq_len, mm_counts)
+        frame_size = self.info.get_video_frame_size_with_most_features(num_frames)
+
+        return {
+            "image": self._get_dummy_images(
+                width=image_size.width,
+                height=image_size.height,
+                num_images=mm_counts.get("image", 0),
+                overrides=mm_options.get("image"),
+            ),
+            "video": self._get_dummy_videos(
+                width=frame_size.width,
+                height=frame_size.height,
+                num_frames=num_frames,
+                num_videos=mm_counts.get("video", 0),
+                overrides=mm_options.get("video"),
+            ),
+        }
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    Qwen2VLMultiModalProcessor,
+    info=Tarsier2ProcessingInfo,
+    dummy_inputs=Tarsier2DummyInputsBuilder,
+)
+class Tarsier2ForConditionalGeneration(Qwen2VLForConditionalGeneration):
+    """Qwen2-VL with Tarsier2's checkpoint layout and frame pipeline.
+
+    The config is read from the checkpoint's LLaVA layout by
+    ``vllm.transformers_utils.configs.tarsier2``.
+    """
+
+    # Checkpoint layout: vision_tower.*, language_model.model.*,
+    # language_model.lm_head.*; the language model already sits where
+    # Qwen2-VL keeps it.
+    hf_to_vllm_mapper = WeightsMapper(orig_to_new_prefix={"vision_tower.": "visual."})
