@@ -19,7 +19,6 @@ is generated, so the example runs anywhere.
 import argparse
 import os
 import time
-from dataclasses import asdict
 
 import numpy as np
 import numpy.typing as npt
@@ -83,7 +82,7 @@ def build_prompt(tarsier2: bool, question: str) -> str:
 
 
 def main(args: argparse.Namespace) -> None:
-    from vllm import LLM, EngineArgs, SamplingParams
+    from vllm import LLM, SamplingParams
 
     video = load_video(args.video) if args.video else synthetic_video()
     source = args.video or "synthetic 24-frame 320x180 clip"
@@ -92,7 +91,8 @@ def main(args: argparse.Namespace) -> None:
     if args.num_frames is not None:
         processor_kwargs["num_frames"] = args.num_frames
 
-    engine_args = EngineArgs(
+    start = time.perf_counter()
+    llm = LLM(
         model=args.model,
         max_model_len=args.max_model_len,
         limit_mm_per_prompt={"video": 1, "image": 0},
@@ -100,8 +100,6 @@ def main(args: argparse.Namespace) -> None:
         dtype=args.dtype,
         seed=0,
     )
-    start = time.perf_counter()
-    llm = LLM(**asdict(engine_args))
     load_s = time.perf_counter() - start
 
     prompt = build_prompt(tarsier2, args.question)
@@ -119,7 +117,7 @@ def main(args: argparse.Namespace) -> None:
         f"video:       {source}, {len(video)} frames of "
         f"{video.shape[2]}x{video.shape[1]}"
     )
-    print(f"frames used: {args.num_frames or 'model default'}")
+    print(f"frames used: {args.num_frames or 'model default (Tarsier 8, Tarsier2 16)'}")
     print(f"prompt:      {prompt!r}")
     print(
         f"tokens:      {len(output.prompt_token_ids)} prompt, "
