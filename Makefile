@@ -42,7 +42,6 @@ test-tool:
 # vLLM's own model tests, for the Tarsier ids and the LLaVA baseline, then the
 # patch's own tests.
 UPSTREAM_MM_TESTS := tests/models/multimodal/processing/test_common.py \
-  tests/models/multimodal/processing/test_tensor_schema.py \
   tests/models/test_initialization.py
 # The patch's own tests, listed from the overlay (they are copied into the fork).
 TARSIER_TESTS := $(wildcard tests/models/multimodal/*/test_tarsier*.py tests/transformers_utils/test_tarsier*.py)
@@ -51,6 +50,10 @@ test-fork:
 	  -k "not test_registry_imports or Tarsier or LlavaForConditionalGeneration"
 	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) $(UPSTREAM_MM_TESTS) \
 	  -k "llava-1.5-7b-hf or LlavaForConditionalGeneration or Tarsier"
+	@# Its own process: it forks per test, and a fork of a process whose OpenMP
+	@# pool already ran (as after the tests above) can hang in torch ops.
+	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) \
+	  tests/models/multimodal/processing/test_tensor_schema.py -k "llava-1.5-7b-hf or Tarsier"
 	$(if $(TARSIER_TESTS),cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) $(TARSIER_TESTS))
 
 lint:
