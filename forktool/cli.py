@@ -248,9 +248,19 @@ def import_commit(fork: Path) -> str:
 
 
 def dirty_paths(fork: Path, pins: Pins) -> list[str]:
+    """Edits inside the fork that the repository does not hold yet.
+
+    A file equal to its overlay copy (one copied in by hand) is not one.
+    """
     out = git(fork, "status", "--porcelain", "--untracked-files=all")
     paths = [line[3:] for line in out.splitlines()]
-    return [p for p in paths if p not in pins.runtime_paths]
+    return [
+        p for p in paths
+        if p not in pins.runtime_paths and not (
+            p.startswith(tuple(f"{r}/" for r in OVERLAY_ROOTS))
+            and (REPO / p).is_file() and (fork / p).is_file()
+            and (REPO / p).read_bytes() == (fork / p).read_bytes())
+    ]
 
 
 def create_fork(pins: Pins) -> Path:

@@ -66,7 +66,8 @@ def test_materialize_makes_two_commits(repo: Path) -> None:
     # patch commit has every overlay file and patched file.
     base = log[1].split()[0]
     changed = git(fork, "diff", "--name-only", base, "HEAD").split()
-    overlay = git(repo, "ls-files", "vllm", "tests", "docs", "examples").split()
+    overlay = git(repo, "ls-files", "vllm", "tests", "docs", "examples",
+                  "benchmarks").split()
     patched = [line.split(" b/")[-1]
                for p in (repo / "patches").glob("*.patch")
                for line in p.read_text().splitlines()

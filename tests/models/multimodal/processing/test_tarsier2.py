@@ -10,6 +10,7 @@ resize (factor 28).
 
 import math
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.cache import MultiModalProcessorOnlyCache
 from vllm.multimodal.inputs import batched_tensors_equal
 from vllm.multimodal.processing import BaseMultiModalProcessor
+from vllm.renderers.hf import _detect_content_format
 
 from ...utils import build_model_context
 
@@ -389,3 +391,32 @@ def test_max_tokens_match_dummy_inputs(processor, seq_len: int):
         height = int(rng.integers(30, 2000))
         width = int(rng.integers(max(30, height // 150), min(150 * height, 20000)))
         assert math.prod(ref_image_grid(height, width)) // 4 <= max_tokens["image"]
+
+
+# Chat template
+
+TEMPLATE = Path(__file__).parents[4] / "examples" / "template_tarsier2.jinja"
+
+
+def test_chat_template_puts_visuals_before_text(processor):
+    tokenizer = processor.info.get_tokenizer()
+    template = TEMPLATE.read_text()
+    # vLLM passes structured content (image and video parts) to this template.
+    assert _detect_content_format(template, default="string") == "openai"
+
+    content = [
+        {"type": "text", "text": "Describe the video."},
+        {"type": "video"},
+        {"type": "image"},
+    ]
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}],
+        chat_template=template,
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    assert rendered == (
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+        "<|vision_start|><|video_pad|><|vision_end|>Describe the video.<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
