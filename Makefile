@@ -16,7 +16,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 2
 export PYTHONHASHSEED := 0
 PYTEST_FLAGS ?= -q -p no:cacheprovider
 
-.PHONY: venv fork fixtures setup test test-tool test-fork lint caption export check lock clean
+.PHONY: venv fork fixtures setup test test-tool test-fork lint caption bench export check clean
 
 $(VENV)/.installed: forktool/requirements.lock
 	rm -rf $(VENV)
@@ -63,6 +63,10 @@ CAPTION_FLAGS := $(if $(MODEL),--model $(if $(wildcard $(MODEL)),$(abspath $(MOD
   $(if $(VIDEO),--video $(abspath $(VIDEO)))
 caption: setup
 	cd $(FORK) && ../venv/bin/python examples/generate/multimodal/tarsier_video_caption.py $(CAPTION_FLAGS)
+
+# Fork vs reference throughput (benchmarks/benchmark_tarsier.py --help for flags).
+bench: setup
+	$(VPY) benchmarks/benchmark_tarsier.py $(BENCH_FLAGS)
 
 export:
 	$(PYTHON) -m forktool export
