@@ -65,6 +65,7 @@ caption: setup
 	cd $(FORK) && ../venv/bin/python examples/generate/multimodal/tarsier_video_caption.py $(CAPTION_FLAGS)
 
 # Fork vs reference throughput (benchmarks/benchmark_tarsier.py --help for flags).
+bench: export VLLM_CPU_KVCACHE_SPACE = 4
 bench: setup
 	$(VPY) benchmarks/benchmark_tarsier.py $(BENCH_FLAGS)
 
