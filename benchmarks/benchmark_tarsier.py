@@ -192,6 +192,13 @@ def run_tarsier(cfg: BenchConfig) -> dict[str, Any]:
         }
         for v in videos
     ]
+    return _time_vllm(llm, prompts, params, cfg)
+
+
+def _time_vllm(
+    llm: Any, prompts: list[Any], params: Any, cfg: BenchConfig
+) -> dict[str, Any]:
+    """Warm up on the first videos, then time whole-workload repetitions."""
     llm.generate(prompts[: cfg.warmup_videos], params, use_tqdm=False)
     progress("warm-up done")
     reps = timed_reps(
@@ -276,13 +283,7 @@ def run_llava(cfg: BenchConfig, scratch: Path) -> dict[str, Any]:
         TokensPrompt(prompt_token_ids=ids, multi_modal_data={"image": f})
         for f in frames
     ]
-    llm.generate(prompts[: cfg.warmup_videos], params, use_tqdm=False)
-    progress("warm-up done")
-    reps = timed_reps(
-        cfg,
-        lambda: _vllm_stats(llm.generate(prompts, params, use_tqdm=False), cfg),
-    )
-    return {"reps": reps}
+    return _time_vllm(llm, prompts, params, cfg)
 
 
 # ---------------------------------------------------------------- reference
