@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
-"""Offline throughput of Tarsier (v1) video captioning: vLLM against an
-independent Transformers reference, on the same machine, model and workload.
+"""Offline throughput of Tarsier and Tarsier2 video captioning: vLLM against
+independent Transformers references, on the same machine, models and workload.
 
 Arms, each run in its own subprocess so that peak memory does not mix:
 
@@ -23,11 +23,19 @@ Arms, each run in its own subprocess so that peak memory does not mix:
   and Tarsier's video path (sampling, stretching, re-tokenizing ``<video>``,
   the interleaved placeholder mask). LLaVA cannot instead get P + sqrt(P) + 1
   patches: that is never a square grid.
+- ``tarsier2``: vLLM's ``LLM.generate`` on ``Tarsier2ForConditionalGeneration``
+  (a Qwen2-VL layout checkpoint) with the same videos and number of frames,
+  in the checkpoint's ChatML prompt.
+- ``tarsier2-reference``: the Tarsier2 test reference (Transformers'
+  ``Qwen2VLForConditionalGeneration`` fed the authors' way: sampling, pixel
+  caps, duplicated frames, the authors' M-RoPE positions), batched with left
+  padding into one ``generate`` call per batch.
 - ``processor``: the multimodal processors alone (built outside the engine),
   in frames per second: Tarsier's (stretch + CLIP + prompt update) uncached
   and with vLLM's processor cache warm, the reference's preprocessing, and
   LLaVA's on the ``llava`` arm's inputs, which splits the Tarsier/LLaVA gap
-  into preprocessing and the rest.
+  into preprocessing and the rest; then Tarsier2's processor (uncached,
+  cached) and its reference's preprocessing.
 
 Fairness: both generation arms decode greedily exactly ``--max-new-tokens``
 tokens (``ignore_eos`` in vLLM, ``min_new_tokens`` in Transformers, checked),
@@ -40,13 +48,15 @@ tokens/s" is prompt tokens (visual tokens included) over wall time, as in
 over the arm's process tree, sampled every 0.2 s (vLLM's includes the
 preallocated ``VLLM_CPU_KVCACHE_SPACE``).
 
-The model is a random-weight checkpoint in the Tarsier-7b layout at reduced
-sizes (ViT-B/16-224 and a 768-wide Llama, both shallow, so that the default
-run of 32 videos finishes within 15 minutes on a 2-core CPU while compute
-dominates); write it with ``python -m fixtures.bench --out build/bench-model``
-(this script does so itself when the folder is missing and that package is
+The models are random-weight checkpoints in the Tarsier-7b layout at reduced
+sizes (ViT-B/16-224 and a 768-wide Llama, both shallow, so that compute
+dominates while the default run of six arms finishes within 15 minutes on a
+2-core CPU) and in the Tarsier2-7b layout at the same widths and depths (a
+Qwen2-VL tower, a Qwen2 LM with GQA and Qwen's vocabulary); write them with
+``python -m fixtures.bench --out build/bench-model [--family tarsier2]``
+(this script does so itself when a folder is missing and that package is
 importable from the working directory). bfloat16 is used where the CPU has
-native support, else float32, for every arm alike. Tarsier2 is not covered.
+native support, else float32, for every arm alike.
 
 Example::
 
@@ -73,19 +83,27 @@ from typing import Any
 
 import numpy as np
 
-PROMPT = "USER: <video>\nDescribe the video in detail. ASSISTANT:"
-ARMS = ("tarsier", "reference", "llava", "processor")
+# The authors' prompt, trailing space included (the template renders it so).
+PROMPT = "USER: <video>\nDescribe the video in detail. ASSISTANT: "
+QUESTION = "Describe the video in detail."
+ARMS = ("tarsier", "reference", "llava", "tarsier2", "tarsier2-reference", "processor")
 PROGRESS = "@@bench-progress@@"
 ARM_NAMES = {
     "tarsier": "vLLM (fork), Tarsier",
     "reference": "Transformers reference",
     "llava": "vLLM (fork), plain LLaVA",
+    "tarsier2": "vLLM (fork), Tarsier2",
+    "tarsier2-reference": "Transformers reference, Tarsier2",
 }
+# Arms that must see the same prompt and generated tokens.
+FAMILIES = (("tarsier", "reference", "llava"), ("tarsier2", "tarsier2-reference"))
 
 
 @dataclasses.dataclass
 class BenchConfig:
     model: str
+    tarsier2_model: str
+    tarsier2_max_frame_pixels: int
     num_videos: int
     num_frames: int
     source_frames: int
@@ -149,7 +167,7 @@ def timed_reps(
 # ---------------------------------------------------------------- vLLM arms
 
 
-def _llm(cfg: BenchConfig, model: str, limits: dict[str, int]) -> Any:
+def _llm(cfg: BenchConfig, model: str, limits: dict[str, int], **kwargs: Any) -> Any:
     from vllm import LLM
 
     return LLM(
@@ -160,6 +178,7 @@ def _llm(cfg: BenchConfig, model: str, limits: dict[str, int]) -> Any:
         mm_processor_cache_gb=0,
         enable_prefix_caching=False,
         max_num_seqs=max(cfg.num_videos, 1),
+        **kwargs,
     )
 
 
@@ -189,6 +208,48 @@ def run_tarsier(cfg: BenchConfig) -> dict[str, Any]:
             "prompt": PROMPT,
             "multi_modal_data": {"video": v},
             "mm_processor_kwargs": kwargs,
+        }
+        for v in videos
+    ]
+    return _time_vllm(llm, prompts, params, cfg)
+
+
+def tarsier2_prompt(model: str) -> str:
+    """The checkpoint's ChatML prompt with one video before the question."""
+    from transformers import AutoTokenizer
+
+    content = [{"type": "video"}, {"type": "text", "text": QUESTION}]
+    return AutoTokenizer.from_pretrained(model).apply_chat_template(
+        [{"role": "user", "content": content}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+
+
+def tarsier2_kwargs(cfg: BenchConfig) -> dict[str, int]:
+    """Tarsier2's per-request options, the same for vLLM and the reference."""
+    return {
+        "num_frames": cfg.num_frames,
+        "max_frame_pixels": cfg.tarsier2_max_frame_pixels,
+    }
+
+
+def run_tarsier2(cfg: BenchConfig) -> dict[str, Any]:
+    from vllm import SamplingParams
+
+    videos = make_videos(cfg)
+    # Tarsier2's 32k context is not needed: 8 frames of 640x360 are ~2.4k tokens.
+    llm = _llm(cfg, cfg.tarsier2_model, {"image": 0, "video": 1}, max_model_len=4096)
+    progress("engine up")
+    params = SamplingParams(
+        temperature=0.0, max_tokens=cfg.max_new_tokens, ignore_eos=True
+    )
+    prompt = tarsier2_prompt(cfg.tarsier2_model)
+    prompts = [
+        {
+            "prompt": prompt,
+            "multi_modal_data": {"video": v},
+            "mm_processor_kwargs": tarsier2_kwargs(cfg),
         }
         for v in videos
     ]
@@ -290,14 +351,14 @@ def run_llava(cfg: BenchConfig, scratch: Path) -> dict[str, Any]:
 
 
 def load_reference(cfg: BenchConfig) -> Any:
-    """The test reference on a local folder, cast to the benchmark dtype."""
+    """The test reference on the benchmark checkpoint, in the benchmark dtype."""
     import torch
 
-    from tests.models.multimodal.generation import tarsier_reference
+    from tests.models.multimodal.generation.tarsier_reference import (
+        TarsierReference,
+    )
 
-    # The reference resolves hub ids; the benchmark checkpoint is a folder.
-    tarsier_reference.snapshot_download = lambda path: path  # type: ignore[assignment]
-    ref = tarsier_reference.TarsierReference(cfg.model)
+    ref = TarsierReference(cfg.model)
     dtype = getattr(torch, cfg.dtype)
     for module in (ref.vision, ref.lm, ref.projector):
         module.to(dtype)
@@ -349,9 +410,7 @@ def reference_batch(
             pad_token_id=pad_id,
             eos_token_id=ref.tokenizer.eos_token_id,
         )
-    outputs = [row.tolist() for row in out]
-    if any(len(o) != cfg.max_new_tokens for o in outputs):
-        raise RuntimeError(f"unequal output lengths: {[len(o) for o in outputs]}")
+    outputs = _greedy_outputs(out, cfg)
     return {
         "prompt_tokens": sum(len(s) for s in samples),
         "generated_tokens": sum(len(o) for o in outputs),
@@ -359,23 +418,126 @@ def reference_batch(
     }
 
 
-def run_reference(cfg: BenchConfig) -> dict[str, Any]:
+def _greedy_outputs(out: Any, cfg: BenchConfig) -> list[list[int]]:
+    outputs = [row.tolist() for row in out]
+    if any(len(o) != cfg.max_new_tokens for o in outputs):
+        raise RuntimeError(f"unequal output lengths: {[len(o) for o in outputs]}")
+    return outputs
+
+
+def _time_reference(
+    cfg: BenchConfig, batch: Callable[[list[np.ndarray]], dict[str, Any]]
+) -> dict[str, Any]:
+    """Warm up on the first videos, then time whole-workload repetitions of
+    `batch` over consecutive batches."""
     videos = make_videos(cfg)
-    ref = load_reference(cfg)
-    progress("model loaded")
-    reference_batch(ref, cfg, videos[: cfg.warmup_videos])
+    batch(videos[: cfg.warmup_videos])
     progress("warm-up done")
 
     def run() -> dict[str, Any]:
         total: dict[str, Any] = {"prompt_tokens": 0, "generated_tokens": 0}
         total["outputs"] = []
         for i in range(0, len(videos), cfg.reference_batch_size):
-            part = reference_batch(ref, cfg, videos[i : i + cfg.reference_batch_size])
+            part = batch(videos[i : i + cfg.reference_batch_size])
             for key in ("prompt_tokens", "generated_tokens", "outputs"):
                 total[key] += part[key]
         return total
 
     return {"reps": timed_reps(cfg, run)}
+
+
+def run_reference(cfg: BenchConfig) -> dict[str, Any]:
+    ref = load_reference(cfg)
+    progress("model loaded")
+    return _time_reference(cfg, lambda videos: reference_batch(ref, cfg, videos))
+
+
+def load_tarsier2_reference(cfg: BenchConfig) -> Any:
+    """The Tarsier2 test reference in the benchmark dtype, its rope index
+    replaced by the authors' positions so that Transformers' `generate`
+    (left padding, KV cache) decodes with them."""
+    import torch
+
+    from tests.models.multimodal.generation.tarsier2_reference import (
+        Tarsier2Reference,
+    )
+
+    ref = Tarsier2Reference(cfg.tarsier2_model)
+    ref.model.to(getattr(torch, cfg.dtype))
+    ref.model.set_attn_implementation(cfg.reference_attn)
+
+    def rope_index(
+        input_ids: torch.Tensor,
+        mm_token_type_ids: torch.Tensor,
+        image_grid_thw: torch.Tensor,
+        attention_mask: torch.Tensor,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        grids = iter(map(tuple, image_grid_thw.tolist()))
+        positions = torch.zeros(3, *input_ids.shape, dtype=torch.long)
+        deltas = []
+        for row, (ids, mask) in enumerate(zip(input_ids, attention_mask.bool())):
+            pos = torch.tensor(ref.positions(ids[mask].tolist(), grids)).T
+            positions[:, row, mask] = pos
+            deltas.append(int(pos.max()) + 1 - int(mask.sum()))
+        return positions, torch.tensor(deltas)[:, None]
+
+    ref.model.model.get_rope_index = rope_index
+    return ref
+
+
+def tarsier2_reference_batch(
+    ref: Any, cfg: BenchConfig, videos: list[np.ndarray]
+) -> dict[str, Any]:
+    """Batched greedy generation: the reference's frame handling per video,
+    left padding, one `generate` call per batch."""
+    import torch
+
+    from tests.models.multimodal.generation.tarsier2_reference import Request
+
+    prompt = ref.tokenizer(tarsier2_prompt(cfg.tarsier2_model)).input_ids
+    kwargs = tarsier2_kwargs(cfg)
+    pixels, grids, samples = [], [], []
+    for video in videos:
+        request = Request("", [("video", video)], kwargs)
+        pixel_values, video_grids = ref.encode_visuals(request)
+        pixels.append(pixel_values)
+        grids += video_grids
+        samples.append(ref.expand_placeholders(prompt, video_grids))
+    length = max(len(s) for s in samples)
+    pad_id = ref.tokenizer.pad_token_id
+    input_ids = torch.full((len(samples), length), pad_id)
+    attention_mask = torch.zeros(len(samples), length, dtype=torch.long)
+    for i, sample in enumerate(samples):
+        input_ids[i, length - len(sample) :] = torch.tensor(sample)
+        attention_mask[i, length - len(sample) :] = 1
+    with torch.inference_mode():
+        out = ref.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            mm_token_type_ids=(input_ids == ref.image_pad).int(),
+            pixel_values=torch.cat(pixels).to(ref.model.dtype),
+            image_grid_thw=torch.tensor(grids),
+            max_new_tokens=cfg.max_new_tokens,
+            min_new_tokens=cfg.max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+            eos_token_id=ref.tokenizer.eos_token_id,
+        )
+    outputs = _greedy_outputs(out[:, length:], cfg)
+    return {
+        "prompt_tokens": sum(len(s) for s in samples),
+        "generated_tokens": sum(len(o) for o in outputs),
+        "outputs": outputs,
+    }
+
+
+def run_tarsier2_reference(cfg: BenchConfig) -> dict[str, Any]:
+    ref = load_tarsier2_reference(cfg)
+    progress("model loaded")
+    return _time_reference(
+        cfg, lambda videos: tarsier2_reference_batch(ref, cfg, videos)
+    )
 
 
 # ---------------------------------------------------------------- processor
@@ -463,12 +625,54 @@ def run_processor(cfg: BenchConfig, scratch: Path) -> dict[str, Any]:
 
     llava_fps = fps(process_llava)
     progress("llava")
+
+    tarsier2_config = ModelConfig(
+        cfg.tarsier2_model,
+        dtype=cfg.dtype,
+        seed=cfg.seed,
+        limit_mm_per_prompt={"image": 0, "video": 1},
+        max_model_len=4096,
+    )
+    tarsier2 = MULTIMODAL_REGISTRY.create_processor(tarsier2_config)
+    prompt2 = tarsier2_prompt(cfg.tarsier2_model)
+
+    def process_tarsier2(cache: MultiModalProcessorOnlyCache | None) -> None:
+        for video in videos:
+            tarsier2(
+                prompt2,
+                mm_items=tarsier2.info.parse_mm_data({"video": video}),
+                hf_processor_mm_kwargs=tarsier2_kwargs(cfg),
+                cache=cache,
+            )
+
+    tarsier2_uncached = fps(lambda: process_tarsier2(None))
+    progress("tarsier2 uncached")
+    cache2 = MultiModalProcessorOnlyCache(tarsier2_config)
+    tarsier2_cached = fps(lambda: process_tarsier2(cache2))
+    progress("tarsier2 cached")
+
+    from tests.models.multimodal.generation.tarsier2_reference import (
+        Request,
+        Tarsier2Reference,
+    )
+
+    ref2 = Tarsier2Reference(cfg.tarsier2_model)
+
+    def reference2() -> None:
+        for video in videos:
+            ref2.encode_visuals(Request("", [("video", video)], tarsier2_kwargs(cfg)))
+
+    ref2_fps = fps(reference2)
+    progress("tarsier2 reference")
     return {
         "fps": {
             "vLLM Tarsier processor, uncached": uncached,
             "vLLM Tarsier processor, cache hit": cached,
             "reference preprocessing": ref_fps,
             "vLLM LLaVA processor (llava arm), uncached": llava_fps,
+            "vLLM Tarsier2 processor, uncached": tarsier2_uncached,
+            "vLLM Tarsier2 processor, cache hit": tarsier2_cached,
+            "Tarsier2 reference preprocessing": ref2_fps,
         }
     }
 
@@ -487,6 +691,10 @@ def worker_main(arm: str, cfg: BenchConfig, out: Path) -> None:
         result = run_tarsier(cfg)
     elif arm == "reference":
         result = run_reference(cfg)
+    elif arm == "tarsier2":
+        result = run_tarsier2(cfg)
+    elif arm == "tarsier2-reference":
+        result = run_tarsier2_reference(cfg)
     elif arm == "llava":
         result = run_llava(cfg, out.parent / "llava-view")
     else:
@@ -604,21 +812,24 @@ def write_report(
     peaks: dict[str, int],
     walls: dict[str, float],
 ) -> str:
-    gen_arms = [a for a in ("tarsier", "reference", "llava") if a in results]
+    gen_arms = [a for a in ARM_NAMES if a in results]
     metrics = {a: arm_metrics(results[a], cfg) for a in gen_arms}
     lines = [
         "# Tarsier offline throughput",
         "",
         f"- machine: {os.cpu_count()} CPU cores, {platform.machine()}, no GPU; "
         f"load average at start {meta['load_start']}, at end {meta['load_end']}",
-        f"- model: `{cfg.model}` ({meta['model']}); dtype {cfg.dtype} "
-        f"({meta['dtype_reason']})",
+        f"- Tarsier model: `{cfg.model}` ({meta['model']})",
+        f"- Tarsier2 model: `{cfg.tarsier2_model}` ({meta['tarsier2_model']})",
+        f"- dtype {cfg.dtype} ({meta['dtype_reason']})",
         f"- vLLM: {meta['vllm']}",
         f"- workload: {cfg.num_videos} videos of {cfg.source_frames} frames "
-        f"{cfg.width}x{cfg.height}, {cfg.num_frames} sampled, prompt "
-        f"`{PROMPT!r}`, greedy, {cfg.max_new_tokens} new tokens each (equal "
-        f"lengths checked); reference batch size {cfg.reference_batch_size}, "
-        f"attention `{cfg.reference_attn}`",
+        f"{cfg.width}x{cfg.height}, {cfg.num_frames} sampled, greedy, "
+        f"{cfg.max_new_tokens} new tokens each (equal lengths checked); prompt "
+        f"`{PROMPT!r}` (Tarsier), `{meta['tarsier2_prompt']!r}` (Tarsier2); "
+        f"Tarsier2 `max_frame_pixels` {cfg.tarsier2_max_frame_pixels}; "
+        f"reference batch size {cfg.reference_batch_size}, attention "
+        f"`{cfg.reference_attn}`",
         f"- {cfg.repetitions} repetitions per arm after a {cfg.warmup_videos}-video "
         "warm-up; cells are median [min, max]; total run "
         f"{meta['total_min']} min",
@@ -638,20 +849,24 @@ def write_report(
                 + " | ".join(cells)
                 + f" | {rss} | {walls[arm]:.0f} |"
             )
-        counts = {
-            ARM_NAMES[a]: (r["prompt_tokens"], r["generated_tokens"])
-            for a in gen_arms
-            for r in results[a]["reps"][:1]
-        }
-        same = len(set(counts.values())) == 1
-        prompt, generated = next(iter(counts.values()))
-        lines += [
-            "",
-            f"Tokens per repetition: {prompt} prompt (visual included), "
-            f"{generated} generated, "
-            + ("the same in every arm." if same else f"NOT equal: {counts}."),
-            "",
-        ]
+        lines.append("")
+        for family in FAMILIES:
+            counts = {
+                ARM_NAMES[a]: (r["prompt_tokens"], r["generated_tokens"])
+                for a in family
+                if a in results
+                for r in results[a]["reps"][:1]
+            }
+            if not counts:
+                continue
+            same = len(set(counts.values())) == 1
+            prompt, generated = next(iter(counts.values()))
+            lines += [
+                f"Tokens per repetition, {' / '.join(counts)}: {prompt} prompt "
+                f"(visual included), {generated} generated, "
+                + ("the same in each." if same else f"NOT equal: {counts}."),
+                "",
+            ]
 
     def ratio_rows(num: str, den: str, label: str) -> list[str]:
         rows = [
@@ -669,6 +884,10 @@ def write_report(
 
     if {"tarsier", "reference"} <= set(gen_arms):
         lines += ratio_rows("tarsier", "reference", "Speed-up of the fork")
+    if {"tarsier2", "tarsier2-reference"} <= set(gen_arms):
+        lines += ratio_rows(
+            "tarsier2", "tarsier2-reference", "Speed-up of the fork, Tarsier2"
+        )
     if {"tarsier", "llava"} <= set(gen_arms):
         lines += ratio_rows("tarsier", "llava", "Tarsier vs plain LLaVA")
         if "processor" in results:
@@ -746,39 +965,70 @@ def plot(cfg: BenchConfig, results: dict[str, dict[str, Any]], path: Path) -> No
     fig.savefig(path, dpi=120)
 
 
-def ensure_model(model: Path) -> None:
+def ensure_model(model: Path, family: str) -> None:
     """Write the benchmark checkpoint with the fixtures package if missing."""
     if (model / "config.json").exists():
         return
     cmd = [sys.executable, "-m", "fixtures.bench", "--out", str(model)]
+    cmd += ["--family", family]
     print(f"{model} is missing; running: {' '.join(cmd)}", flush=True)
     if subprocess.run(cmd).returncode != 0:
         sys.exit(f"could not write {model}; run `python -m fixtures.bench` first")
 
 
 def model_summary(model: Path) -> str:
+    if not (model / "config.json").exists():
+        return "not written"
     cfg = json.loads((model / "config.json").read_text())
     v, t = cfg["vision_config"], cfg["text_config"]
+    lm = (
+        f"{t['num_hidden_layers']}L/{t['hidden_size']}, "
+        f"{t['num_attention_heads']} heads ({t['num_key_value_heads']} KV), "
+        f"ffn {t['intermediate_size']}, vocab {t['vocab_size']}"
+    )
+    if "depth" in v:  # Qwen2-VL
+        return (
+            f"Qwen2-VL tower {v['depth']}L/{v['embed_dim']}, patch "
+            f"{v['patch_size']}, {v['spatial_merge_size']}x"
+            f"{v['spatial_merge_size']} merge; Qwen2 {lm}"
+        )
     side = v["image_size"] // v["patch_size"]
     return (
         f"CLIP {v['num_hidden_layers']}L/{v['hidden_size']}, "
         f"{v['image_size']}px/{v['patch_size']} -> {side * side + side + 1} "
-        f"tokens per frame; Llama {t['num_hidden_layers']}L/{t['hidden_size']}, "
-        f"{t['num_attention_heads']} heads, ffn {t['intermediate_size']}"
+        f"tokens per frame; Llama {lm}"
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("build/bench-model"))
+    parser.add_argument(
+        "--tarsier2-model", type=Path, default=Path("build/bench-model-tarsier2")
+    )
     parser.add_argument("--results-dir", type=Path, default=Path("build/bench-results"))
-    parser.add_argument("--num-videos", type=int, default=32)
+    parser.add_argument(
+        "--num-videos",
+        type=int,
+        default=16,
+        help="videos per repetition; 16 keeps the default run of six arms "
+        "within 15 minutes on 2 cores (32: about 18 minutes)",
+    )
     parser.add_argument("--num-frames", type=int, default=8)
     parser.add_argument(
         "--source-frames", type=int, default=16, help="frames per input video"
     )
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=360)
+    parser.add_argument(
+        "--tarsier2-max-frame-pixels",
+        type=int,
+        default=640 * 360 // 4,
+        help="Tarsier2's per-frame pixel cap (the authors' option, applied by "
+        "both arms); the default quarters the default frames, ~66 visual tokens "
+        "per frame, to keep the default run within 15 minutes on 2 cores "
+        "(the authors' default, 460800, leaves them at 299)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--warmup-videos", type=int, default=2)
@@ -824,10 +1074,15 @@ def main() -> None:
 
     start = time.perf_counter()
     load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    ensure_model(args.model)
+    if {"tarsier", "reference", "llava", "processor"} & set(args.arms):
+        ensure_model(args.model, "tarsier")
+    if {"tarsier2", "tarsier2-reference", "processor"} & set(args.arms):
+        ensure_model(args.tarsier2_model, "tarsier2")
     dtype, dtype_reason = pick_dtype(args.dtype)
     cfg = BenchConfig(
         model=str(args.model.resolve()),
+        tarsier2_model=str(args.tarsier2_model.resolve()),
+        tarsier2_max_frame_pixels=args.tarsier2_max_frame_pixels,
         num_videos=args.num_videos,
         num_frames=args.num_frames,
         source_frames=args.source_frames,
@@ -845,7 +1100,7 @@ def main() -> None:
     results_dir = args.results_dir.resolve()
     results_dir.mkdir(parents=True, exist_ok=True)
     # Progress steps per arm: start-up, warm-up, repetitions (processor: 4).
-    steps = {a: (4 if a == "processor" else 2 + cfg.repetitions) for a in args.arms}
+    steps = {a: (7 if a == "processor" else 2 + cfg.repetitions) for a in args.arms}
     results: dict[str, dict[str, Any]] = {}
     peaks: dict[str, int] = {}
     walls: dict[str, float] = {}
@@ -859,6 +1114,10 @@ def main() -> None:
         "load_start": load_start,
         "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "model": model_summary(args.model),
+        "tarsier2_model": model_summary(args.tarsier2_model),
+        "tarsier2_prompt": tarsier2_prompt(cfg.tarsier2_model)
+        if (args.tarsier2_model / "config.json").exists()
+        else "",
         "dtype_reason": dtype_reason,
         "vllm": f"offline `LLM.generate`, all requests at once; cores reserved "
         f"for the front-end: {reserved}; "

@@ -50,8 +50,11 @@ class TarsierReference:
     projector, the separators after each patch row and each frame, spliced
     into the prompt at the `<image>` tokens, then greedy decoding."""
 
-    def __init__(self, model_id: str) -> None:
-        path = Path(snapshot_download(model_id))
+    def __init__(self, model: str) -> None:
+        """`model`: a hub id or a local folder."""
+        path = Path(model)
+        if not path.is_dir():
+            path = Path(snapshot_download(model))
         self.config = json.loads((path / "config.json").read_text())
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.image_processor = CLIPImageProcessorPil.from_pretrained(path)

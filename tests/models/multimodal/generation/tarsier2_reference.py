@@ -1,0 +1,197 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""An independent reference of Tarsier2's pipeline, written for the tests
+from the authors' published semantics with Transformers' Qwen2-VL.
+
+The checkpoint's weights are loaded into Transformers'
+``Qwen2VLForConditionalGeneration`` (names remapped) and fed the way
+Tarsier2's authors feed it: frames sampled uniformly with both endpoints,
+capped to a pixel budget, every sampled frame duplicated, and the frames
+placed at image-pad tokens with image grid info. M-RoPE positions are
+computed here the authors' way (text after a visual block starts at the
+largest position so far + 1, the temporal index included): Transformers'
+``get_rope_index`` disagrees for videos with more temporal patches than
+max(H, W) / 2. It shares no code with ``vllm.model_executor.models.tarsier2``.
+"""
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from huggingface_hub import snapshot_download
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import (
+    AutoTokenizer,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLVideoProcessor,
+)
+
+# The authors' defaults.
+NUM_FRAMES, FRAME_PIXELS, SAMPLE_PIXELS = 16, 1280 * 720 / 2, 128 * 384 * 384
+
+TokensTextLogprobs = tuple[list[int], str, list[dict[int, float]]]
+Grid = tuple[int, int, int]
+
+
+@dataclass
+class Request:
+    """One prompt: its text parts and visual items, in prompt order."""
+
+    text: str
+    visuals: list[tuple[str, Any]]  # ("image", PIL image) | ("video", frames)
+    mm_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def sample_indices(total: int, num_frames: int) -> list[int]:
+    if total <= num_frames:
+        return list(range(total))
+    if num_frames == 1:
+        return [0]
+    return [round(Fraction(i * (total - 1), num_frames - 1)) for i in range(num_frames)]
+
+
+def prepare_frames(frames: list[Image.Image], **kwargs: Any) -> np.ndarray:
+    """Sample, cap (PIL default resize) and duplicate frames."""
+    picked = [frames[i] for i in sample_indices(len(frames), kwargs["num_frames"])]
+    cap = min(
+        kwargs["max_frame_pixels"], kwargs["max_sample_pixels"] / (2 * len(picked))
+    )
+    width, height = picked[0].size
+    if width * height > cap:
+        beta = math.sqrt(width * height / cap)
+        size = (math.floor(width / beta), math.floor(height / beta))
+        picked = [frame.resize(size) for frame in picked]
+    return np.stack([np.asarray(frame) for frame in picked for _ in range(2)])
+
+
+class Tarsier2Reference:
+    """Transformers' Qwen2-VL loaded with a Tarsier2 checkpoint (a hub id or
+    a local folder), in float32 with eager attention."""
+
+    def __init__(self, model: str) -> None:
+        path = Path(model)
+        if not path.is_dir():
+            path = Path(snapshot_download(model, local_files_only=True))
+        raw = json.loads((path / "config.json").read_text())
+        text = {k: v for k, v in raw["text_config"].items() if k != "model_type"}
+        vision = {k: v for k, v in raw["vision_config"].items() if k != "model_type"}
+        config = Qwen2VLConfig(**text, vision_config=vision)
+        config._attn_implementation = "eager"
+
+        self.model = Qwen2VLForConditionalGeneration(config).float().eval()
+        weights = load_file(path / "model.safetensors")
+        renamed = {self._rename(name): tensor for name, tensor in weights.items()}
+        self.model.load_state_dict(renamed, strict=True)
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        preprocessor = json.loads((path / "preprocessor_config.json").read_text())
+        size = preprocessor.pop("size")
+        self.pixels = Qwen2VLVideoProcessor(
+            **preprocessor,
+            size={
+                "shortest_edge": size["min_pixels"],
+                "longest_edge": size["max_pixels"],
+            },
+            cap_pixels_per_frame=False,
+        )
+        self.image_pad = config.image_token_id
+        self.pads = {config.image_token_id, config.video_token_id}
+
+    @staticmethod
+    def _rename(name: str) -> str:
+        for old, new in (
+            ("vision_tower.", "model.visual."),
+            ("language_model.model.", "model.language_model."),
+            ("language_model.lm_head.", "lm_head."),
+        ):
+            if name.startswith(old):
+                return new + name.removeprefix(old)
+        raise AssertionError(f"unexpected checkpoint weight {name}")
+
+    def encode_visuals(self, request: Request) -> tuple[torch.Tensor, list[Grid]]:
+        """Pixel patches and (t, h, w) grids of the request's visual items."""
+        options = {
+            "num_frames": NUM_FRAMES,
+            "max_frame_pixels": FRAME_PIXELS,
+            "max_sample_pixels": SAMPLE_PIXELS,
+        } | request.mm_kwargs
+        pixel_values, grids = [], []
+        for modality, item in request.visuals:
+            frames = [item] if modality == "image" else list(map(Image.fromarray, item))
+            processed = self.pixels(
+                videos=[prepare_frames(frames, **options)], return_tensors="pt"
+            )
+            pixel_values.append(processed["pixel_values_videos"])
+            grids.append(tuple(processed["video_grid_thw"][0].tolist()))
+        return torch.cat(pixel_values), grids
+
+    def expand_placeholders(self, prompt: list[int], grids: list[Grid]) -> list[int]:
+        """Each image/video placeholder becomes its item's image-pad tokens."""
+        counts = iter(t * h * w // 4 for t, h, w in grids)
+        ids = []
+        for token in prompt:
+            ids += [self.image_pad] * next(counts) if token in self.pads else [token]
+        assert next(counts, None) is None, "more visual items than placeholders"
+        return ids
+
+    def positions(self, ids: list[int], grids: Iterable[Grid]) -> list[Grid]:
+        """M-RoPE positions the authors' way, one (t, h, w) triple per token."""
+        grids = iter(grids)
+        positions: list[Grid] = []
+        next_pos, i = 0, 0
+        while i < len(ids):
+            if ids[i] != self.image_pad:
+                positions.append((next_pos,) * 3)
+                next_pos, i = next_pos + 1, i + 1
+                continue
+            t, h, w = next(grids)
+            h, w = h // 2, w // 2
+            positions += [
+                (next_pos + a, next_pos + b, next_pos + c)
+                for a in range(t)
+                for b in range(h)
+                for c in range(w)
+            ]
+            next_pos += max(t, h, w)
+            i += t * h * w
+        return positions
+
+    @torch.inference_mode()
+    def generate(
+        self, request: Request, *, max_tokens: int, num_logprobs: int
+    ) -> TokensTextLogprobs:
+        """Greedy decoding, the whole sequence recomputed at every step."""
+        prompt = self.tokenizer(request.text)["input_ids"]
+        pixel_values, grids = self.encode_visuals(request)
+        ids = self.expand_placeholders(prompt, grids)
+
+        image_grid_thw = torch.tensor(grids)
+        positions = self.positions(ids, grids)
+        embeds = self.model.get_input_embeddings()(torch.tensor([ids]))
+        features = torch.cat(
+            self.model.get_image_features(pixel_values, image_grid_thw).pooler_output
+        )
+        mask = torch.tensor([ids]) == self.image_pad
+        embeds[mask] = features.to(embeds.dtype)
+
+        output_ids, logprobs = [], []
+        for _ in range(max_tokens):
+            position_ids = torch.tensor(positions).T[:, None, :]
+            logits = self.model(inputs_embeds=embeds, position_ids=position_ids).logits
+            step = torch.log_softmax(logits[0, -1], dim=-1)
+            top = step.topk(num_logprobs)
+            token = int(top.indices[0])
+            output_ids.append(token)
+            logprobs.append(dict(zip(top.indices.tolist(), top.values.tolist())))
+            new_embed = self.model.get_input_embeddings()(torch.tensor([[token]]))
+            embeds = torch.cat([embeds, new_embed], dim=1)
+            positions.append((max(map(max, positions)) + 1,) * 3)
+        return output_ids, self.tokenizer.decode(output_ids), logprobs
