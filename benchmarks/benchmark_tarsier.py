@@ -46,7 +46,13 @@ for its front-end; ``--vllm-reserved-cpus -1`` restores that). "Prefill
 tokens/s" is prompt tokens (visual tokens included) over wall time, as in
 ``vllm bench throughput``; peak memory is the largest sum of resident memory
 over the arm's process tree, sampled every 0.2 s (vLLM's includes the
-preallocated ``VLLM_CPU_KVCACHE_SPACE``).
+preallocated ``VLLM_CPU_KVCACHE_SPACE``). vLLM runs eagerly unless
+``--compile`` is given, like the reference: on a cold cache its torch.compile
+adds about 45 s of start-up to each vLLM arm (the default run would then
+exceed 15 minutes on 2 cores) and, at these sizes, did not change the
+throughput beyond the run-to-run spread (measured on the 2-core machine:
+Tarsier 14.5 s compiled vs 14.1 s eager per repetition, Tarsier2 10.5 s vs
+11.9 s).
 
 The models are random-weight checkpoints in the Tarsier-7b layout at reduced
 sizes (ViT-B/16-224 and a 768-wide Llama, both shallow, so that compute
@@ -116,6 +122,7 @@ class BenchConfig:
     reference_batch_size: int
     reference_attn: str
     vllm_reserved_cpus: int
+    compile: bool
     seed: int
 
 
@@ -178,6 +185,7 @@ def _llm(cfg: BenchConfig, model: str, limits: dict[str, int], **kwargs: Any) ->
         mm_processor_cache_gb=0,
         enable_prefix_caching=False,
         max_num_seqs=max(cfg.num_videos, 1),
+        enforce_eager=not cfg.compile,
         **kwargs,
     )
 
@@ -1056,6 +1064,12 @@ def main() -> None:
         "(one per rank)",
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="let vLLM torch.compile the model, its default (off here: see the "
+        "docstring)",
+    )
+    parser.add_argument(
         "--arms", nargs="+", choices=ARMS, default=list(ARMS), help="what to run"
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -1095,6 +1109,7 @@ def main() -> None:
         reference_batch_size=args.reference_batch_size,
         reference_attn=args.reference_attn,
         vllm_reserved_cpus=args.vllm_reserved_cpus,
+        compile=args.compile,
         seed=args.seed,
     )
     results_dir = args.results_dir.resolve()
@@ -1119,8 +1134,9 @@ def main() -> None:
         if (args.tarsier2_model / "config.json").exists()
         else "",
         "dtype_reason": dtype_reason,
-        "vllm": f"offline `LLM.generate`, all requests at once; cores reserved "
-        f"for the front-end: {reserved}; "
+        "vllm": f"offline `LLM.generate`, all requests at once, "
+        f"torch.compile {'on' if cfg.compile else 'off (eager)'}; cores "
+        f"reserved for the front-end: {reserved}; "
         f"VLLM_CPU_KVCACHE_SPACE={os.environ.get('VLLM_CPU_KVCACHE_SPACE', 'unset')} "
         "GiB (preallocated, part of the peak RSS)",
         "total_min": f"{(time.perf_counter() - start) / 60:.1f}",
