@@ -96,7 +96,7 @@ ARMS = ("tarsier", "reference", "llava", "tarsier2", "tarsier2-reference", "proc
 PROGRESS = "@@bench-progress@@"
 ARM_NAMES = {
     "tarsier": "vLLM (fork), Tarsier",
-    "reference": "Transformers reference",
+    "reference": "Transformers reference, Tarsier",
     "llava": "vLLM (fork), plain LLaVA",
     "tarsier2": "vLLM (fork), Tarsier2",
     "tarsier2-reference": "Transformers reference, Tarsier2",
@@ -676,7 +676,7 @@ def run_processor(cfg: BenchConfig, scratch: Path) -> dict[str, Any]:
         "fps": {
             "vLLM Tarsier processor, uncached": uncached,
             "vLLM Tarsier processor, cache hit": cached,
-            "reference preprocessing": ref_fps,
+            "Tarsier reference preprocessing": ref_fps,
             "vLLM LLaVA processor (llava arm), uncached": llava_fps,
             "vLLM Tarsier2 processor, uncached": tarsier2_uncached,
             "vLLM Tarsier2 processor, cache hit": tarsier2_cached,
@@ -951,9 +951,9 @@ def plot(cfg: BenchConfig, results: dict[str, dict[str, Any]], path: Path) -> No
         panels.append(("preprocessing frames/s", results["processor"]["fps"], True))
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5))
+    fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 5))
     for ax, (title, data, log) in zip(np.atleast_1d(axes), panels):
-        labels = [textwrap.fill(k, 18) for k in data]
+        labels = [textwrap.fill(k, 14) for k in data]
         med = [statistics.median(v) for v in data.values()]
         err = [
             [m - min(v) for m, v in zip(med, data.values())],
@@ -964,9 +964,9 @@ def plot(cfg: BenchConfig, results: dict[str, dict[str, Any]], path: Path) -> No
         if log:
             ax.set_yscale("log")
         ax.set_title(title)
-        ax.tick_params(axis="x", labelsize=8)
+        ax.tick_params(axis="x", labelsize=7.5)
     fig.suptitle(
-        f"Tarsier: {cfg.num_videos} videos x {cfg.num_frames} frames, "
+        f"Tarsier and Tarsier2: {cfg.num_videos} videos x {cfg.num_frames} frames, "
         f"{cfg.max_new_tokens} new tokens, {cfg.dtype}, {os.cpu_count()} CPU cores"
     )
     fig.tight_layout()
