@@ -49,10 +49,10 @@ over the arm's process tree, sampled every 0.2 s (vLLM's includes the
 preallocated ``VLLM_CPU_KVCACHE_SPACE``). vLLM runs eagerly unless
 ``--compile`` is given, like the reference: on a cold cache its torch.compile
 adds about 45 s of start-up to each vLLM arm (the default run would then
-exceed 15 minutes on 2 cores) and, at these sizes, did not change the
-throughput beyond the run-to-run spread (measured on the 2-core machine:
-Tarsier 14.5 s compiled vs 14.1 s eager per repetition, Tarsier2 10.5 s vs
-11.9 s).
+exceed 15 minutes on 2 cores). At these sizes it left Tarsier unchanged and
+sped Tarsier2 up somewhat (medians per repetition on the 2-core machine:
+Tarsier 14.5 s compiled vs 14.1 and 13.5 s eager, Tarsier2 10.5 s vs 11.9 and
+13.3 s), so the default understates vLLM's Tarsier2 figures a little.
 
 The models are random-weight checkpoints in the Tarsier-7b layout at reduced
 sizes (ViT-B/16-224 and a 768-wide Llama, both shallow, so that compute
