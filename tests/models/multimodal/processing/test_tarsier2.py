@@ -9,7 +9,6 @@ resize (factor 28).
 """
 
 import math
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from vllm.multimodal.processing import BaseMultiModalProcessor
 from vllm.renderers.hf import _detect_content_format
 
 from ...utils import build_model_context
+from ..generation.tarsier2_reference import sample_indices as ref_indices
 
 MODEL_ID = "omni-research/Tarsier2-Recap-7b"
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -44,14 +44,6 @@ NUM_FRAMES, FRAME_PIXELS, SAMPLE_PIXELS = 16, 460_800, 128 * 384 * 384
 MIN_PIXELS, MAX_PIXELS = 3136, 12_845_056
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-
-
-def ref_indices(total: int, num_frames: int) -> list[int]:
-    if total <= num_frames:
-        return list(range(total))
-    if num_frames == 1:
-        return [0]
-    return [round(Fraction(i * (total - 1), num_frames - 1)) for i in range(num_frames)]
 
 
 def ref_capped(height: int, width: int, cap: float) -> tuple[int, int]:
