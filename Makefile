@@ -11,12 +11,11 @@ HF := $(BUILD)/hf
 export HF_HOME := $(abspath $(HF))
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
-export VLLM_TARGET_DEVICE := cpu
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 export PYTHONHASHSEED := 0
 PYTEST_FLAGS ?= -q -p no:cacheprovider
 
-.PHONY: venv fork fixtures setup test test-tool test-fork lint caption bench export check clean
+.PHONY: venv fork fixtures setup test test-tool test-fork lint build-check gpu-test caption bench export check clean
 
 $(VENV)/.installed: forktool/requirements.lock
 	rm -rf $(VENV)
@@ -34,7 +33,7 @@ fixtures: venv
 setup: fork fixtures
 
 test: setup
-	$(MAKE) --no-print-directory test-tool test-fork lint
+	$(MAKE) --no-print-directory test-tool test-fork lint build-check
 
 test-tool:
 	$(VPY) -m pytest $(PYTEST_FLAGS) forktool/tests
@@ -58,6 +57,16 @@ test-fork:
 
 lint:
 	$(VPY) -m forktool.lint
+
+# vLLM's own build of the fork (precompiled mode, official CUDA wheel) in a
+# scratch venv; checks what it installed. No GPU needed.
+build-check: fork
+	$(PYTHON) -m forktool build-check
+
+# On a machine with an NVIDIA GPU: that build, editable, then the generation
+# tests on CUDA and the caption job.
+gpu-test:
+	bash forktool/gpu_test.sh
 
 CAPTION_FLAGS := $(if $(MODEL),--model $(if $(wildcard $(MODEL)),$(abspath $(MODEL)),$(MODEL))) \
   $(if $(VIDEO),--video $(abspath $(VIDEO)))

