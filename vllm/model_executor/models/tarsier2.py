@@ -166,9 +166,9 @@ class Tarsier2Processor(Qwen2VLProcessor):
     number of sampled frames). An image is a single frame. Qwen2-VL's own
     resize to multiples of 28 then applies as usual.
 
-    Sampling happens here, so a video should arrive with all its frames; a
-    video loaded from a URL arrives as vLLM's loader sampled it (see
-    ``num_frames`` in ``--media-io-kwargs``).
+    Sampling happens here, so a video should arrive with all its frames, or
+    as the ``tarsier`` video loader sampled it for the same ``num_frames``
+    (which is how a video URL arrives).
     """
 
     def __call__(  # type: ignore[override]
@@ -304,6 +304,13 @@ class Tarsier2ProcessingInfo(Qwen2VLProcessingInfo):
     @property
     def frame_repeats(self) -> int:
         return self.get_hf_config().vision_config.temporal_patch_size
+
+    def get_video_loader_kwargs(
+        self, mm_processor_kwargs: Mapping[str, object]
+    ) -> dict[str, Any]:
+        """Decode only the frames this request samples from a video URL."""
+        num_frames = self.get_frame_options(mm_processor_kwargs).num_frames
+        return {"video_backend": "tarsier", "num_frames": num_frames}
 
     def get_num_image_tokens(
         self,

@@ -1,0 +1,281 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""Video files for Tarsier and Tarsier2: the frames that reach each model are
+the authors' `round(i * (T - 1) / (n - 1))` of the container's T frames.
+
+The test videos (MP4 and GIF) show their frame index as large black and white
+blocks, one per bit, which survive lossy codecs and every resize the
+processors do; the frames are identified by reading those blocks back.
+"""
+
+import base64
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vllm.model_executor.models.tarsier2 import Tarsier2Processor
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.processing import BaseMultiModalProcessor
+from vllm.multimodal.video import VIDEO_LOADER_REGISTRY
+from vllm.renderers.chat_utils import parse_chat_messages
+
+from ...utils import build_model_context
+
+TARSIER = "omni-research/Tarsier-7b"
+TARSIER2 = "omni-research/Tarsier2-Recap-7b"
+LENGTHS = [1, 7, 30, 301]
+NUM_FRAMES = [1, 3, 8, 16]
+FORMATS = ["mp4", "gif"]
+BITS_ROWS, BITS_COLS = 2, 5  # 10 bits: indices up to 1023
+HEIGHT, WIDTH = 96, 160
+# Tarsier's CLIP normalisation, to read the blocks back from pixel values.
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
+
+
+def authors_indices(total: int, n: int) -> list[int]:
+    """The authors' sampling, written out: Python's round, endpoints kept."""
+    if n == 1:
+        return [0]
+    return [round(i * (total - 1) / (n - 1)) for i in range(n)]
+
+
+def tarsier2_indices(total: int, n: int) -> list[int]:
+    """Tarsier2 keeps every frame of a video no longer than n."""
+    return list(range(total)) if total <= n else authors_indices(total, n)
+
+
+def index_frame(index: int) -> np.ndarray:
+    bits = [(index >> b) & 1 for b in range(BITS_ROWS * BITS_COLS)]
+    blocks = np.array(bits, dtype=np.uint8).reshape(BITS_ROWS, BITS_COLS) * 200 + 25
+    frame = np.kron(blocks, np.ones((HEIGHT // BITS_ROWS, WIDTH // BITS_COLS)))
+    return np.repeat(frame[..., None], 3, axis=-1).astype(np.uint8)
+
+
+def read_index(image: np.ndarray) -> int:
+    """The index an (H, W) brightness map in [0, 1] shows."""
+    h, w = image.shape
+    index = 0
+    for bit in range(BITS_ROWS * BITS_COLS):
+        row, col = divmod(bit, BITS_COLS)
+        y, x = int((row + 0.5) * h / BITS_ROWS), int((col + 0.5) * w / BITS_COLS)
+        dy, dx = max(h // 10, 1), max(w // 25, 1)
+        if image[y - dy : y + dy + 1, x - dx : x + dx + 1].mean() > 0.5:
+            index |= 1 << bit
+    return index
+
+
+def write_video(path: Path, total: int) -> bytes:
+    frames = [index_frame(i) for i in range(total)]
+    if path.suffix == ".gif":
+        images = [Image.fromarray(f) for f in frames]
+        images[0].save(path, save_all=True, append_images=images[1:], duration=40)
+    else:
+        import cv2
+
+        writer = cv2.VideoWriter(
+            str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (WIDTH, HEIGHT)
+        )
+        for frame in frames:
+            writer.write(frame)
+        writer.release()
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], Path]:
+    folder = tmp_path_factory.mktemp("videos")
+    paths = {}
+    for fmt in FORMATS:
+        for total in LENGTHS:
+            path = folder / f"clip_{total}.{fmt}"
+            write_video(path, total)
+            paths[fmt, total] = path
+    return paths
+
+
+def data_url(path: Path) -> str:
+    media_type = "image/gif" if path.suffix == ".gif" else "video/mp4"
+    return f"data:{media_type};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("total", LENGTHS)
+@pytest.mark.parametrize("n", NUM_FRAMES)
+def test_loader_decodes_only_the_sampled_frames(
+    videos: dict[tuple[str, int], Path], fmt: str, total: int, n: int
+) -> None:
+    loader = VIDEO_LOADER_REGISTRY.load("tarsier")
+    frames, metadata = loader.load_bytes(videos[fmt, total].read_bytes(), num_frames=n)
+
+    expected = sorted(set(authors_indices(total, n)))
+    assert len(frames) == len(expected) <= n
+    assert [read_index(f.mean(-1) / 255) for f in frames] == expected
+    assert metadata["frames_indices"] == expected
+    assert metadata["total_num_frames"] == total
+
+
+def test_loader_samples_the_frames_a_truncated_file_has(tmp_path: Path) -> None:
+    import cv2
+
+    # MJPEG in AVI, cut after the 97th of its 200 frames: its header still
+    # claims 200.
+    path = tmp_path / "clip.avi"
+    fourcc = cv2.VideoWriter_fourcc(*"MJPG")
+    writer = cv2.VideoWriter(str(path), fourcc, 25, (WIDTH, HEIGHT))
+    for i in range(200):
+        writer.write(index_frame(i))
+    writer.release()
+    data = path.read_bytes()
+    cut = [m.end() for m in re.finditer(b"\xff\xd9", data)][96]  # JPEG ends
+
+    loader = VIDEO_LOADER_REGISTRY.load("tarsier")
+    frames, metadata = loader.load_bytes(data[:cut], num_frames=8)
+    total = metadata["total_num_frames"]
+    assert total == 97
+    decoded = [read_index(f.mean(-1) / 255) for f in frames]
+    assert decoded == metadata["frames_indices"] == authors_indices(total, 8)
+
+
+def test_loader_rejects_a_file_that_is_no_video() -> None:
+    loader = VIDEO_LOADER_REGISTRY.load("tarsier")
+    with pytest.raises(ValueError, match="Could not open video stream"):
+        loader.load_bytes(b"\x00not a video" * 100, num_frames=8)
+
+
+@pytest.fixture(scope="module")
+def long_context() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
+        yield
+
+
+def _processor(model_id: str, tmp: Path) -> BaseMultiModalProcessor:
+    ctx = build_model_context(
+        model_id,
+        dtype="float32",
+        model_config_kwargs={
+            "max_model_len": 16 * 601 + 64,
+            "allowed_local_media_path": str(tmp),
+        },
+        limit_mm_per_prompt={"video": 1},
+    )
+    return MULTIMODAL_REGISTRY.create_processor(ctx.model_config)
+
+
+@pytest.fixture(scope="module")
+def processors(
+    long_context: None, videos: dict[tuple[str, int], Path]
+) -> dict[str, BaseMultiModalProcessor]:
+    folder = next(iter(videos.values())).parent
+    return {m: _processor(m, folder) for m in (TARSIER, TARSIER2)}
+
+
+def _chat(
+    processor: BaseMultiModalProcessor, url: str, n: int
+) -> tuple[Any, dict[str, Any]]:
+    """A chat message with a video URL, through vLLM's chat parsing (as
+    `LLM.chat` and the server do), then the model's processor."""
+    messages: Any = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "video_url", "video_url": {"url": url}},
+                {"type": "text", "text": "Describe the video."},
+            ],
+        }
+    ]
+    mm_kwargs = {"num_frames": n}
+    _, mm_data, _ = parse_chat_messages(
+        messages,
+        processor.info.ctx.model_config,
+        content_format="openai",
+        mm_processor_kwargs=mm_kwargs,
+    )
+    assert mm_data is not None
+    video = mm_data["video"]
+    return video, mm_kwargs
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("total", LENGTHS)
+@pytest.mark.parametrize("n", NUM_FRAMES)
+def test_tarsier_gets_the_authors_frames(
+    processors: dict[str, BaseMultiModalProcessor],
+    videos: dict[tuple[str, int], Path],
+    fmt: str,
+    total: int,
+    n: int,
+) -> None:
+    processor = processors[TARSIER]
+    path = videos[fmt, total]
+    url = path.as_uri() if fmt == "mp4" else data_url(path)
+    video, mm_kwargs = _chat(processor, url, n)
+    outputs = processor(
+        "USER: <video>\nDescribe the video. ASSISTANT: ",
+        mm_items=processor.info.parse_mm_data({"video": video}),
+        hf_processor_mm_kwargs=mm_kwargs,
+    )
+
+    (item,) = outputs["mm_kwargs"]["video"]
+    pixels = item["pixel_values_videos"].data  # (n, 3, 336, 336)
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    seen = [read_index((p * std + mean).mean(0).numpy()) for p in pixels]
+    assert seen == authors_indices(total, n)
+    assert outputs["mm_placeholders"]["video"][0].length == n * 601
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("total", LENGTHS)
+@pytest.mark.parametrize("n", NUM_FRAMES)
+def test_tarsier2_gets_the_authors_frames(
+    processors: dict[str, BaseMultiModalProcessor],
+    videos: dict[tuple[str, int], Path],
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: str,
+    total: int,
+    n: int,
+) -> None:
+    processor = processors[TARSIER2]
+    path = videos[fmt, total]
+    url = path.as_uri() if fmt == "mp4" else data_url(path)
+    video, mm_kwargs = _chat(processor, url, n)
+
+    fed: list[np.ndarray] = []
+    prepare_video = Tarsier2Processor.prepare_video
+
+    def spy(self: Tarsier2Processor, *args: Any, **kwargs: Any) -> Any:
+        out = prepare_video(self, *args, **kwargs)
+        fed.extend(np.asarray(frame) for frame in out)
+        return out
+
+    monkeypatch.setattr(Tarsier2Processor, "prepare_video", spy)
+    outputs = processor(
+        "<|vision_start|><|video_pad|><|vision_end|>Describe the video.",
+        mm_items=processor.info.parse_mm_data({"video": video}),
+        hf_processor_mm_kwargs=mm_kwargs,
+    )
+
+    # Each sampled frame twice (one temporal patch each), in order.
+    expected = tarsier2_indices(total, n)
+    assert [read_index(f.mean(-1) / 255) for f in fed] == [
+        i for i in expected for _ in range(2)
+    ]
+    (item,) = outputs["mm_kwargs"]["video"]
+    assert item["video_grid_thw"].data[0].item() == len(expected)
+
+
+def test_tarsier_rejects_frames_that_cannot_fit_before_decoding(
+    processors: dict[str, BaseMultiModalProcessor],
+) -> None:
+    processor = processors[TARSIER]
+    with pytest.raises(ValueError, match="ask for at most 16 frames"):
+        _chat(processor, "file:///nonexistent/never-read.mp4", 3000)
+
