@@ -395,6 +395,10 @@ def link_runtime(fork: Path, pins: Pins, quiet: bool = False) -> None:
                      "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
                     ).stdout.strip())
     version = f"{pins.version}+cpu"
+    # The sdist's own packaging metadata says "0.32.0": in a process started
+    # in the fork's root it would hide pip's record, and with it the "+cpu"
+    # from which vLLM selects its CPU platform.
+    shutil.rmtree(fork / "vllm.egg-info", ignore_errors=True)
     if not installed_editable(site, fork, version):
         pip_install_editable(venv_python, site, fork, wheel, version)
     join_runtime_files(fork, pins, wheel)

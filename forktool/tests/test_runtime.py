@@ -90,9 +90,10 @@ def test_forks_own_model_registry_is_live() -> None:
 @pytest.mark.skipif(not os.uname().machine == "x86_64", reason="x86-64 builds")
 @pytest.mark.parametrize("cpu", ["this-cpu", "without-avx512"])
 def test_platform_loads_the_kernels_this_cpu_runs(cpu: str) -> None:
-    # No VLLM_TARGET_DEVICE: the installed version ("+cpu") selects the platform.
+    # No VLLM_TARGET_DEVICE: the installed version ("+cpu") selects the
+    # platform, also in the fork's root, where vLLM's own tests run.
     env = {k: v for k, v in os.environ.items() if k != "VLLM_TARGET_DEVICE"}
-    proc = subprocess.run([sys.executable, "-c", PROBE, cpu], env=env, cwd="/",
+    proc = subprocess.run([sys.executable, "-c", PROBE, cpu], env=env, cwd=FORK,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
