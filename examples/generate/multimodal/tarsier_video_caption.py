@@ -2,9 +2,11 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """Caption a video with Tarsier or Tarsier2, the way the authors' pipeline does.
 
-The whole decoded video is passed to vLLM; the model's processor samples the
-frames (8 for Tarsier, 16 for Tarsier2, first and last included) and
-preprocesses them as the reference does.
+vLLM's `tarsier` video loader reads the file's frame count T and decodes only
+the frames the authors' pipeline samples, `round(i * (T - 1) / (n - 1))` with
+n = 8 for Tarsier and 16 for Tarsier2 (first and last included); the model's
+processor preprocesses them as the reference does. Memory does not grow with
+the length of the video.
 
 Usage:
     python tarsier_video_caption.py --model omni-research/Tarsier-7b \
@@ -18,7 +20,10 @@ is generated, so the example runs anywhere.
 
 import argparse
 import os
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -26,21 +31,28 @@ import numpy.typing as npt
 DEFAULT_QUESTION = "Describe the video in detail."
 
 
-def load_video(path: str) -> npt.NDArray[np.uint8]:
-    """Decode every frame of a video file as RGB, shape (T, H, W, 3)."""
+def load_video(path: str, num_frames: int) -> tuple[Any, dict[str, Any]]:
+    """The sampled frames of a video file and their metadata, through vLLM's
+    `tarsier` loader."""
+    from vllm.multimodal.utils import fetch_video
+
+    video = fetch_video(
+        Path(path).resolve().as_uri(),
+        {"video_backend": "tarsier", "num_frames": num_frames},
+    )
+    return video.media
+
+
+def write_mp4(path: str, video: npt.NDArray[np.uint8], fps: int = 8) -> None:
     import cv2
 
-    capture = cv2.VideoCapture(path)
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-    capture.release()
-    if not frames:
-        raise ValueError(f"No frames could be decoded from {path!r}.")
-    return np.stack(frames)
+    height, width = video.shape[1:3]
+    writer = cv2.VideoWriter(
+        path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height)
+    )
+    for frame in video:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
 
 
 def synthetic_video(
@@ -84,9 +96,15 @@ def build_prompt(tarsier2: bool, question: str) -> str:
 def main(args: argparse.Namespace) -> None:
     from vllm import LLM, SamplingParams
 
-    video = load_video(args.video) if args.video else synthetic_video()
-    source = args.video or "synthetic 24-frame 320x180 clip"
     tarsier2 = is_tarsier2(args.model)
+    num_frames = args.num_frames or (16 if tarsier2 else 8)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.video
+        if path is None:
+            path = os.path.join(tmp, "synthetic.mp4")
+            write_mp4(path, synthetic_video())
+        frames, metadata = load_video(path, num_frames)
+    source = args.video or "synthetic 24-frame 320x180 clip"
     processor_kwargs = {}
     if args.num_frames is not None:
         processor_kwargs["num_frames"] = args.num_frames
@@ -106,7 +124,7 @@ def main(args: argparse.Namespace) -> None:
     sampling = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
     start = time.perf_counter()
     (output,) = llm.generate(
-        {"prompt": prompt, "multi_modal_data": {"video": video}}, sampling
+        {"prompt": prompt, "multi_modal_data": {"video": (frames, metadata)}}, sampling
     )
     generate_s = time.perf_counter() - start
 
@@ -114,10 +132,10 @@ def main(args: argparse.Namespace) -> None:
     print("=" * 72)
     print(f"model:       {args.model} ({'Tarsier2' if tarsier2 else 'Tarsier'})")
     print(
-        f"video:       {source}, {len(video)} frames of "
-        f"{video.shape[2]}x{video.shape[1]}"
+        f"video:       {source}, {metadata['total_num_frames']} frames of "
+        f"{frames.shape[2]}x{frames.shape[1]}"
     )
-    print(f"frames used: {args.num_frames or 'model default (Tarsier 8, Tarsier2 16)'}")
+    print(f"sampled:     {num_frames} frames, decoded {metadata['frames_indices']}")
     print(f"prompt:      {prompt!r}")
     print(
         f"tokens:      {len(output.prompt_token_ids)} prompt, "

@@ -10,6 +10,7 @@ for the authors' default of 8 frames per video.
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,10 +19,12 @@ from PIL import Image
 
 from vllm import LLM, SamplingParams
 from vllm.exceptions import VLLMValidationError
+from vllm.multimodal.utils import fetch_video
 
 from ....conftest import VllmRunner
 from ...utils import check_logprobs_close
 from .tarsier_reference import TarsierReference, video_frames
+from .video_files import decode_mp4, write_mp4
 
 MODEL_ID = "omni-research/Tarsier-7b"
 # 8 frames take 4,808 tokens, over the 4,096 positions of the checkpoint.
@@ -51,9 +54,11 @@ def _video(rng: np.random.RandomState, frames: int, width: int, height: int):
 class Case:
     prompt: str
     images: list[Image.Image] = field(default_factory=list)
-    video: np.ndarray | None = None
+    video: np.ndarray | tuple[np.ndarray, dict[str, Any]] | None = None
     num_frames: int = 8
     pad_to_square: bool = False
+    # The whole video the reference samples, when vLLM gets it from a file.
+    reference_video: np.ndarray | None = None
 
     def vllm_input(self) -> dict[str, Any]:
         mm_data: dict[str, Any] = {}
@@ -74,7 +79,8 @@ class Case:
             return self.prompt, self.images
         # The authors' pipeline expands `<video>` to one `<image>` per frame.
         prompt = self.prompt.replace("<video>", "<image>" * self.num_frames)
-        return prompt, video_frames(self.video, self.num_frames)
+        video = self.video if self.reference_video is None else self.reference_video
+        return prompt, video_frames(video, self.num_frames)
 
 
 _RNG = np.random.RandomState(0)
@@ -175,6 +181,20 @@ def test_matches_reference(llm: LLM, reference: TarsierReference, name: str) -> 
 def test_mixed_batch_matches_reference(llm: LLM, reference: TarsierReference) -> None:
     # Run after the single cases: prefixes and encoder outputs are now cached.
     _compare(llm, reference, list(CASES.values())[::-1])
+
+
+def test_video_file_matches_reference(
+    llm: LLM, reference: TarsierReference, tmp_path: Path
+) -> None:
+    # vLLM's tarsier loader decodes only the 8 sampled frames of the file; the
+    # reference decodes all of them with the same decoder and samples itself.
+    path = tmp_path / "clip.mp4"
+    write_mp4(path, _video(np.random.RandomState(1), 30, 128, 72))
+    video = fetch_video(path.as_uri(), {"video_backend": "tarsier", "num_frames": 8})
+    frames, metadata = video.media
+    assert len(frames) == 8 and metadata["total_num_frames"] == 30
+    case = Case(VIDEO_PROMPT, video=video.media, reference_video=decode_mp4(path))
+    _compare(llm, reference, [case])
 
 
 def test_prompt_over_context_names_the_fixes(llm: LLM) -> None:

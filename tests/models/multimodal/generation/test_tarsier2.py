@@ -11,9 +11,11 @@ from PIL import Image
 
 from vllm import LLM, SamplingParams
 from vllm.distributed import cleanup_dist_env_and_memory
+from vllm.multimodal.utils import fetch_video
 
 from ...utils import check_logprobs_close
 from .tarsier2_reference import Request, Tarsier2Reference, TokensTextLogprobs
+from .video_files import decode_mp4, write_mp4
 
 MODEL_ID = "omni-research/Tarsier2-Recap-7b"
 MAX_TOKENS = 12
@@ -117,12 +119,17 @@ def run_vllm(llm: LLM, requests: list[Request]) -> list[TokensTextLogprobs]:
     return results
 
 
-def compare(llm: LLM, reference: Tarsier2Reference, requests: list[Request]) -> None:
+def compare(
+    llm: LLM,
+    reference: Tarsier2Reference,
+    requests: list[Request],
+    vllm_requests: list[Request] | None = None,
+) -> None:
     expected = [
         reference.generate(request, max_tokens=MAX_TOKENS, num_logprobs=NUM_LOGPROBS)
         for request in requests
     ]
-    actual = run_vllm(llm, requests)
+    actual = run_vllm(llm, vllm_requests or requests)
 
     check_logprobs_close(
         outputs_0_lst=expected,
@@ -167,3 +174,15 @@ def test_mixed_batch(llm, reference):
             make_request(reference, [LARGE_IMAGE], max_frame_pixels=20_000),
         ],
     )
+
+
+def test_video_file(llm, reference, tmp_path):
+    # vLLM's tarsier loader decodes only the 16 sampled frames of the file;
+    # the reference decodes all 40 with the same decoder and samples itself.
+    path = tmp_path / "clip.mp4"
+    write_mp4(path, noise_video(7, 40, 56, 42))
+    video = fetch_video(path.as_uri(), {"video_backend": "tarsier", "num_frames": 16})
+    frames, metadata = video.media
+    assert len(frames) == 16 and metadata["total_num_frames"] == 40
+    request = make_request(reference, [("video", decode_mp4(path))])
+    compare(llm, reference, [request], [Request(request.text, [("video", video)], {})])

@@ -278,4 +278,3 @@ def test_tarsier_rejects_frames_that_cannot_fit_before_decoding(
     processor = processors[TARSIER]
     with pytest.raises(ValueError, match="ask for at most 16 frames"):
         _chat(processor, "file:///nonexistent/never-read.mp4", 3000)
-
