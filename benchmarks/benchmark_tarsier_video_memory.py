@@ -44,7 +44,7 @@ def write_video(path: Path, num_frames: int) -> None:
     ramp = np.linspace(0, 255, WIDTH, dtype=np.uint8)
     base = np.stack([np.tile(ramp, (HEIGHT, 1))] * 3, axis=-1)
     writer = cv2.VideoWriter(
-        str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (WIDTH, HEIGHT)
+        str(path), cv2.VideoWriter.fourcc(*"mp4v"), FPS, (WIDTH, HEIGHT)
     )
     for t in range(num_frames):
         frame = np.roll(base, 8 * t, axis=1)

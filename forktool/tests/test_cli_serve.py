@@ -43,7 +43,7 @@ def mp4_bytes(path: Path, frames: int = 12) -> bytes:
     """A small MP4 whose frames differ (a bar moving across)."""
     import cv2
 
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 4,
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 4,
                              (64, 48))
     for t in range(frames):
         frame = np.full((48, 64, 3), 40, np.uint8)

@@ -48,7 +48,7 @@ def write_mp4(path: str, video: npt.NDArray[np.uint8], fps: int = 8) -> None:
 
     height, width = video.shape[1:3]
     writer = cv2.VideoWriter(
-        path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height)
+        path, cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height)
     )
     for frame in video:
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))

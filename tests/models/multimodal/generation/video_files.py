@@ -13,7 +13,7 @@ def write_mp4(path: Path, video: np.ndarray, fps: int = 25) -> None:
     """Write RGB frames (T, H, W, 3) as an MPEG-4 part 2 file."""
     height, width = video.shape[1:3]
     writer = cv2.VideoWriter(
-        str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height)
+        str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height)
     )
     for frame in video:
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))

@@ -80,7 +80,7 @@ def write_video(path: Path, total: int) -> bytes:
         import cv2
 
         writer = cv2.VideoWriter(
-            str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (WIDTH, HEIGHT)
+            str(path), cv2.VideoWriter.fourcc(*"mp4v"), 25, (WIDTH, HEIGHT)
         )
         for frame in frames:
             writer.write(frame)
@@ -127,7 +127,7 @@ def test_loader_samples_the_frames_a_truncated_file_has(tmp_path: Path) -> None:
     # MJPEG in AVI, cut after the 97th of its 200 frames: its header still
     # claims 200.
     path = tmp_path / "clip.avi"
-    fourcc = cv2.VideoWriter_fourcc(*"MJPG")
+    fourcc = cv2.VideoWriter.fourcc(*"MJPG")
     writer = cv2.VideoWriter(str(path), fourcc, 25, (WIDTH, HEIGHT))
     for i in range(200):
         writer.write(index_frame(i))
