@@ -34,6 +34,10 @@ NUM_FRAMES = [1, 3, 8, 16]
 FORMATS = ["mp4", "gif"]
 BITS_ROWS, BITS_COLS = 2, 5  # 10 bits: indices up to 1023
 HEIGHT, WIDTH = 96, 160
+VIDEO_CASES = pytest.mark.parametrize(
+    ("fmt", "total", "n"),
+    [(f, t, n) for f in FORMATS for t in LENGTHS for n in NUM_FRAMES],
+)
 # Tarsier's CLIP normalisation, to read the blocks back from pixel values.
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
@@ -105,9 +109,7 @@ def data_url(path: Path) -> str:
     return f"data:{media_type};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("total", LENGTHS)
-@pytest.mark.parametrize("n", NUM_FRAMES)
+@VIDEO_CASES
 def test_loader_decodes_only_the_sampled_frames(
     videos: dict[tuple[str, int], Path], fmt: str, total: int, n: int
 ) -> None:
@@ -178,10 +180,11 @@ def processors(
 
 
 def _chat(
-    processor: BaseMultiModalProcessor, url: str, n: int
+    processor: BaseMultiModalProcessor, path: Path, n: int
 ) -> tuple[Any, dict[str, Any]]:
-    """A chat message with a video URL, through vLLM's chat parsing (as
-    `LLM.chat` and the server do), then the model's processor."""
+    """A chat message with a video URL (a file, or a data URL for GIFs),
+    through vLLM's chat parsing as `LLM.chat` and the server do."""
+    url = path.as_uri() if path.suffix == ".mp4" else data_url(path)
     messages: Any = [
         {
             "role": "user",
@@ -203,9 +206,7 @@ def _chat(
     return video, mm_kwargs
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("total", LENGTHS)
-@pytest.mark.parametrize("n", NUM_FRAMES)
+@VIDEO_CASES
 def test_tarsier_gets_the_authors_frames(
     processors: dict[str, BaseMultiModalProcessor],
     videos: dict[tuple[str, int], Path],
@@ -214,9 +215,7 @@ def test_tarsier_gets_the_authors_frames(
     n: int,
 ) -> None:
     processor = processors[TARSIER]
-    path = videos[fmt, total]
-    url = path.as_uri() if fmt == "mp4" else data_url(path)
-    video, mm_kwargs = _chat(processor, url, n)
+    video, mm_kwargs = _chat(processor, videos[fmt, total], n)
     outputs = processor(
         "USER: <video>\nDescribe the video. ASSISTANT: ",
         mm_items=processor.info.parse_mm_data({"video": video}),
@@ -232,9 +231,7 @@ def test_tarsier_gets_the_authors_frames(
     assert outputs["mm_placeholders"]["video"][0].length == n * 601
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("total", LENGTHS)
-@pytest.mark.parametrize("n", NUM_FRAMES)
+@VIDEO_CASES
 def test_tarsier2_gets_the_authors_frames(
     processors: dict[str, BaseMultiModalProcessor],
     videos: dict[tuple[str, int], Path],
@@ -244,9 +241,7 @@ def test_tarsier2_gets_the_authors_frames(
     n: int,
 ) -> None:
     processor = processors[TARSIER2]
-    path = videos[fmt, total]
-    url = path.as_uri() if fmt == "mp4" else data_url(path)
-    video, mm_kwargs = _chat(processor, url, n)
+    video, mm_kwargs = _chat(processor, videos[fmt, total], n)
 
     fed: list[np.ndarray] = []
     prepare_video = Tarsier2Processor.prepare_video
@@ -277,4 +272,4 @@ def test_tarsier_rejects_frames_that_cannot_fit_before_decoding(
 ) -> None:
     processor = processors[TARSIER]
     with pytest.raises(ValueError, match="ask for at most 16 frames"):
-        _chat(processor, "file:///nonexistent/never-read.mp4", 3000)
+        _chat(processor, Path("/nonexistent/never-read.mp4"), 3000)
