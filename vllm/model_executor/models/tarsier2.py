@@ -20,6 +20,7 @@ from transformers.image_transforms import to_pil_image
 from transformers.image_utils import ChannelDimension
 from transformers.models.qwen2_vl import (
     Qwen2VLImageProcessor,
+    Qwen2VLImageProcessorPil,
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
 )
@@ -154,6 +155,30 @@ def _resize_frame(frame: Any, height: int, width: int) -> PIL.Image.Image:
     return frame.resize((width, height))
 
 
+class Tarsier2ImageProcessor(Qwen2VLImageProcessorPil):
+    """Qwen2-VL's image processor on the PIL backend, as in the authors'
+    pipeline (Transformers 4.47): the torchvision backend's bicubic resize
+    differs from PIL's by an 8-bit level or two (more on pixel noise).
+
+    Pixels left unnormalised (vLLM's on-device normalisation) stay ``uint8``,
+    as on the torchvision backend, instead of four times larger ``float32``.
+    """
+
+    def patchify(
+        self,
+        image: np.ndarray,
+        patch_size: int,
+        merge_size: int,
+        temporal_patch_size: int,
+    ) -> tuple[np.ndarray, int, int]:
+        patches, grid_h, grid_w = super().patchify(
+            image, patch_size, merge_size, temporal_patch_size
+        )
+        if image.dtype == np.uint8:
+            patches = patches.astype(np.uint8)
+        return patches, grid_h, grid_w
+
+
 class Tarsier2Processor(Qwen2VLProcessor):
     """Qwen2-VL processor that feeds frames the way Tarsier2's authors do.
 
@@ -163,8 +188,9 @@ class Tarsier2Processor(Qwen2VLProcessor):
     most ``max_frame_pixels`` (and the item's share of ``max_sample_pixels``),
     and repeats every sampled frame ``temporal_patch_size`` times, so that each
     sampled frame becomes exactly one temporal patch (``grid_t`` equals the
-    number of sampled frames). An image is a single frame. Qwen2-VL's own
-    resize to multiples of 28 then applies as usual.
+    number of sampled frames). An image is a single frame. Frames then go
+    through the image processor, as in the authors' pipeline: Qwen2-VL's own
+    resize to multiples of 28, and the repeat over the temporal patch.
 
     Sampling happens here, so a video should arrive with all its frames, or
     as the ``tarsier`` video loader sampled it for the same ``num_frames``
@@ -218,21 +244,47 @@ class Tarsier2Processor(Qwen2VLProcessor):
             return image
         return _resize_frame(image, *new_size)
 
-    def prepare_video(self, video: Any, options: Tarsier2FrameOptions) -> Any:
-        """Sample, cap and duplicate the frames of one video."""
+    def prepare_video(self, video: Any, options: Tarsier2FrameOptions) -> list[Any]:
+        """Sample and cap the frames of one video."""
         indices = options.sample_indices(len(video))
-        repeated = [i for i in indices for _ in range(self.frame_repeats)]
 
         height, width, _ = _frame_layout(video[0])
-        cap = options.max_pixels(len(repeated))
+        cap = options.max_pixels(len(indices) * self.frame_repeats)
         new_size = fit_to_pixels(height, width, cap)
         if new_size == (height, width):
-            if isinstance(video, (np.ndarray, torch.Tensor)):
-                return video[repeated]
-            return [video[i] for i in repeated]
+            return [video[i] for i in indices]
+        return [_resize_frame(video[i], *new_size) for i in indices]
 
-        frames = {i: np.asarray(_resize_frame(video[i], *new_size)) for i in indices}
-        return np.stack([frames[i] for i in repeated])
+    def _process_videos(  # type: ignore[override]
+        self, videos: list[list[Any]], **kwargs: Any
+    ) -> tuple[BatchFeature, list[str]]:
+        """Each video's frames through the image processor, one temporal patch
+        per frame."""
+        valid_kwargs = self.image_processor.valid_kwargs.__annotations__
+        image_kwargs = {k: v for k, v in kwargs.items() if k in valid_kwargs}
+        return_tensors = image_kwargs.pop("return_tensors", None)
+
+        pixel_values, grids = [], []
+        for frames in videos:
+            processed = self.image_processor(frames, **image_kwargs)
+            frame_grids = processed["image_grid_thw"]
+            if (frame_grids != frame_grids[0]).any():
+                raise ValueError(
+                    "Expected the frames of a video to share one size, got "
+                    f"patch grids {np.unique(frame_grids, axis=0).tolist()}"
+                )
+            pixel_values.append(processed["pixel_values"])
+            grids.append([len(frames), *frame_grids[0][1:]])
+
+        grid_thw = {"video_grid_thw": np.array(grids)}
+        outputs = BatchFeature(
+            {"pixel_values_videos": np.concatenate(pixel_values), **grid_thw},
+            tensor_type=return_tensors,
+        )
+        replacements = [
+            self.replace_video_token(grid_thw, video_idx=i) for i in range(len(videos))
+        ]
+        return outputs, replacements
 
 
 def _normalize_size(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -284,7 +336,7 @@ class Tarsier2ProcessingInfo(Qwen2VLProcessingInfo):
         config = _normalize_size(self.ctx.get_hf_image_processor_config())
         # The reference pipeline sizes video frames with the image settings.
         return Tarsier2Processor(
-            image_processor=Qwen2VLImageProcessor(**config),
+            image_processor=Tarsier2ImageProcessor(**config),
             video_processor=Qwen2VLVideoProcessor(**config, cap_pixels_per_frame=False),
             tokenizer=self.get_tokenizer(),
         )

@@ -7,11 +7,14 @@ The checkpoint's weights are loaded into Transformers'
 ``Qwen2VLForConditionalGeneration`` (names remapped) and fed the way
 Tarsier2's authors feed it: frames sampled uniformly with both endpoints,
 capped to a pixel budget, every sampled frame duplicated, and the frames
-placed at image-pad tokens with image grid info. M-RoPE positions are
-computed here the authors' way (text after a visual block starts at the
-largest position so far + 1, the temporal index included): Transformers'
-``get_rope_index`` disagrees for videos with more temporal patches than
-max(H, W) / 2. It shares no code with ``vllm.model_executor.models.tarsier2``.
+placed at image-pad tokens with image grid info. Pixels come from Qwen2-VL's
+image processor on the PIL backend, as the authors' Transformers 4.47
+computed them (the torchvision backend's resize differs by an 8-bit level or
+two). M-RoPE positions are computed here the authors' way (text after a
+visual block starts at the largest position so far + 1, the temporal index
+included): Transformers' ``get_rope_index`` disagrees for videos with more
+temporal patches than max(H, W) / 2. It shares no code with
+``vllm.model_executor.models.tarsier2``.
 """
 
 import json
@@ -31,7 +34,7 @@ from transformers import (
     AutoTokenizer,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
-    Qwen2VLVideoProcessor,
+    Qwen2VLImageProcessorPil,
 )
 
 # The authors' defaults.
@@ -94,13 +97,12 @@ class Tarsier2Reference:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         preprocessor = json.loads((path / "preprocessor_config.json").read_text())
         size = preprocessor.pop("size")
-        self.pixels = Qwen2VLVideoProcessor(
+        self.pixels = Qwen2VLImageProcessorPil(
             **preprocessor,
             size={
                 "shortest_edge": size["min_pixels"],
                 "longest_edge": size["max_pixels"],
             },
-            cap_pixels_per_frame=False,
         )
         self.image_pad = config.image_token_id
         self.pads = {config.image_token_id, config.video_token_id}
@@ -126,11 +128,13 @@ class Tarsier2Reference:
         pixel_values, grids = [], []
         for modality, item in request.visuals:
             frames = [item] if modality == "image" else list(map(Image.fromarray, item))
-            processed = self.pixels(
-                videos=[prepare_frames(frames, **options)], return_tensors="pt"
-            )
-            pixel_values.append(processed["pixel_values_videos"])
-            grids.append(tuple(processed["video_grid_thw"][0].tolist()))
+            fed = prepare_frames(frames, **options)
+            # Each temporal patch holds one frame twice: that frame as an
+            # image, which the image processor repeats over the patch.
+            processed = self.pixels(images=list(fed[::2]), return_tensors="pt")
+            _, h, w = processed["image_grid_thw"][0].tolist()
+            pixel_values.append(processed["pixel_values"])
+            grids.append((len(fed) // 2, h, w))
         return torch.cat(pixel_values), grids
 
     def expand_placeholders(self, prompt: list[int], grids: list[Grid]) -> list[int]:

@@ -5,7 +5,8 @@
 Expected values are derived here from the published recipe, independently of
 the implementation: uniform sampling with both endpoints (Python rounding), a
 per-frame cap at factor 1, every sampled frame fed twice, then Qwen2-VL's own
-resize (factor 28).
+resize (factor 28). Pixel values are computed here with PIL and NumPy, as the
+authors' Transformers 4.47 image processor computed them.
 """
 
 import math
@@ -283,30 +284,85 @@ def test_pixel_caps(processor, mm_kwargs: dict[str, Any]):
     assert grids(result, "image") == [ref_image_grid(480, 640, **image_kwargs)]
 
 
-def test_frames_are_resized_like_pil(processor):
-    """A capped frame is PIL-resized (default filter) before Qwen2-VL's resize."""
-    rng = np.random.default_rng(0)
-    video = rng.integers(0, 256, (2, 90, 150, 3), dtype=np.uint8)
-    cap = 5_000
-    result = run(processor, VIDEO, {"video": video}, {"max_frame_pixels": cap})
+def ref_pixel_values(frames: list[Image.Image], cap: float, raw: bool) -> np.ndarray:
+    """Qwen2-VL patches of one image or video, with PIL and NumPy only.
 
-    height, width = ref_capped(90, 150, cap)
-    frames = np.stack(
-        [np.asarray(Image.fromarray(f).resize((width, height))) for f in video]
+    Each frame is capped (PIL's default filter), resized to Qwen2-VL's size
+    with PIL's bicubic filter, rescaled by 1/255 and normalised (unless
+    ``raw``), and fed twice: one temporal patch per frame. Patches are in
+    Qwen2-VL's order, (t, h / 2, w / 2, 2, 2) blocks of (channel, time, 14, 14).
+    """
+    height, width = ref_capped(frames[0].height, frames[0].width, cap)
+    if (height, width) != (frames[0].height, frames[0].width):
+        frames = [frame.resize((width, height)) for frame in frames]
+    grid_h, grid_w = ref_grid(height, width)
+    size = (grid_w * 14, grid_h * 14)
+    pixels = np.stack(
+        [np.asarray(f.resize(size, Image.Resampling.BICUBIC)) for f in frames]
+    ).astype(np.float32)
+    if not raw:
+        mean, std = np.float32(CLIP_MEAN), np.float32(CLIP_STD)
+        pixels = (pixels / np.float32(255) - mean) / std
+
+    t = len(frames)
+    pixels = np.repeat(pixels[:, None], 2, axis=1)  # (t, time, H, W, channel)
+    pixels = pixels.reshape(t, 2, grid_h // 2, 2, 14, grid_w // 2, 2, 14, 3)
+    pixels = pixels.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
+    return pixels.reshape(t * grid_h * grid_w, 3 * 2 * 14 * 14)
+
+
+@pytest.fixture(scope="module")
+def host_normalising_processor() -> BaseMultiModalProcessor:
+    ctx = build_model_context(
+        MODEL_ID,
+        dtype="float32",  # pixel values come in the model's dtype
+        model_config_kwargs={"mm_device_do_normalize": False},
+        limit_mm_per_prompt={"image": 1, "video": 1},
     )
-    hf_processor = processor.info.get_hf_processor()
-    expected = hf_processor.video_processor(
-        videos=[np.repeat(frames, 2, axis=0)],
-        do_rescale=False,
-        do_normalize=False,
-        return_tensors="pt",
+    return MULTIMODAL_REGISTRY.create_processor(
+        ctx.model_config, tokenizer=ctx.tokenizer
     )
-    [item] = result["mm_kwargs"]["video"]
-    assert torch.equal(item["video_grid_thw"].data, expected["video_grid_thw"][0])
-    torch.testing.assert_close(
-        raw_pixels(item["pixel_values_videos"].data),
-        expected["pixel_values_videos"].float(),
-    )
+
+
+@pytest.mark.parametrize("device_normalize", [True, False])
+@pytest.mark.parametrize("max_frame_pixels", [FRAME_PIXELS, 5_000])
+def test_pixels_as_the_authors_computed_them(
+    processor,
+    host_normalising_processor,
+    device_normalize: bool,
+    max_frame_pixels: int,
+):
+    """Images and video frames are resized with PIL, as by the authors'
+    Transformers 4.47, not by Transformers 5's torchvision backend; capped
+    frames are PIL-resized (default filter) first."""
+    if not device_normalize:
+        processor = host_normalising_processor
+    config = processor.info.ctx.get_hf_image_processor_config()
+    assert config["image_mean"] == CLIP_MEAN and config["image_std"] == CLIP_STD
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8))
+    video = rng.integers(0, 256, (7, 90, 150, 3), dtype=np.uint8)
+    mm_kwargs = {"num_frames": 4, "max_frame_pixels": max_frame_pixels}
+    result = run(processor, IMAGE + VIDEO, {"image": image, "video": video}, mm_kwargs)
+
+    sampled = [Image.fromarray(video[i]) for i in ref_indices(7, 4)]
+    expected = {
+        "image": ref_pixel_values(
+            [image], min(max_frame_pixels, SAMPLE_PIXELS / 2), device_normalize
+        ),
+        "video": ref_pixel_values(
+            sampled, min(max_frame_pixels, SAMPLE_PIXELS / 8), device_normalize
+        ),
+    }
+    for modality, key in (("image", "pixel_values"), ("video", "pixel_values_videos")):
+        [item] = result["mm_kwargs"][modality]
+        actual = item[key].data
+        # Raw bytes for on-device normalisation; else normalised float32.
+        assert actual.dtype == (torch.uint8 if device_normalize else torch.float32)
+        torch.testing.assert_close(
+            actual.float(), torch.from_numpy(expected[modality]), rtol=0, atol=1e-6
+        )
 
 
 def test_configured_kwargs_and_request_override():
