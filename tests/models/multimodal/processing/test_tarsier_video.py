@@ -8,6 +8,7 @@ blocks, one per bit, which survive lossy codecs and every resize the
 processors do; the frames are identified by reading those blocks back.
 """
 
+import asyncio
 import base64
 import re
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from vllm.model_executor.models.tarsier2 import Tarsier2Processor
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.processing import BaseMultiModalProcessor
 from vllm.multimodal.video import VIDEO_LOADER_REGISTRY
-from vllm.renderers.chat_utils import parse_chat_messages
+from vllm.renderers.chat_utils import parse_chat_messages, parse_chat_messages_async
 
 from ...utils import build_model_context
 
@@ -182,8 +183,9 @@ def processors(
 def _chat(
     processor: BaseMultiModalProcessor, path: Path, n: int
 ) -> tuple[Any, dict[str, Any]]:
-    """A chat message with a video URL (a file, or a data URL for GIFs),
-    through vLLM's chat parsing as `LLM.chat` and the server do."""
+    """A chat message with a video URL through vLLM's chat parsing: MP4s as
+    file URLs through `LLM.chat`'s parser, GIFs as data URLs through the
+    server's (async) one."""
     url = path.as_uri() if path.suffix == ".mp4" else data_url(path)
     messages: Any = [
         {
@@ -195,12 +197,17 @@ def _chat(
         }
     ]
     mm_kwargs = {"num_frames": n}
-    _, mm_data, _ = parse_chat_messages(
-        messages,
-        processor.info.ctx.model_config,
-        content_format="openai",
-        mm_processor_kwargs=mm_kwargs,
-    )
+    model_config = processor.info.ctx.model_config
+    if path.suffix == ".mp4":
+        _, mm_data, _ = parse_chat_messages(
+            messages, model_config, "openai", mm_processor_kwargs=mm_kwargs
+        )
+    else:
+        _, mm_data, _ = asyncio.run(
+            parse_chat_messages_async(
+                messages, model_config, "openai", mm_processor_kwargs=mm_kwargs
+            )
+        )
     assert mm_data is not None
     video = mm_data["video"]
     return video, mm_kwargs
