@@ -350,8 +350,9 @@ class TarsierMultiModalProcessor(BaseLlavaMultiModalProcessor[TarsierProcessingI
         num_frames: int,
     ) -> list[int]:
         """Sample over the source video when a loader decoded only some of its
-        frames, taking the decoded frame nearest to each wanted one (exact when
-        the loader decoded them all)."""
+        frames, taking the decoded frame nearest to each wanted one: exact for
+        the `tarsier` loader, which decodes the wanted ones, and for a loader
+        that decoded them all."""
         source_indices = metadata.get("frames_indices")
         num_source = metadata.get("total_num_frames")
         if not source_indices or not num_source or len(source_indices) != num_decoded:
