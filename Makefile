@@ -43,7 +43,8 @@ test-tool:
 UPSTREAM_MM_TESTS := tests/models/multimodal/processing/test_common.py \
   tests/models/test_initialization.py
 # The patch's own tests, listed from the overlay (they are copied into the fork).
-TARSIER_TESTS := $(wildcard tests/models/multimodal/*/test_tarsier*.py tests/transformers_utils/test_tarsier*.py)
+TARSIER_TESTS := $(wildcard tests/models/multimodal/*/test_tarsier*.py \
+  tests/entrypoints/multimodal/openai/test_tarsier*.py tests/transformers_utils/test_tarsier*.py)
 test-fork:
 	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) tests/models/test_registry.py \
 	  -k "not test_registry_imports or Tarsier or LlavaForConditionalGeneration"
@@ -53,7 +54,9 @@ test-fork:
 	@# pool already ran (as after the tests above) can hang in torch ops.
 	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) \
 	  tests/models/multimodal/processing/test_tensor_schema.py -k "llava-1.5-7b-hf or Tarsier"
-	$(if $(TARSIER_TESTS),cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) $(TARSIER_TESTS))
+	@# The server tests start `vllm serve` as vLLM's test utility does: from PATH.
+	$(if $(TARSIER_TESTS),cd $(FORK) && PATH="$(abspath $(VENV))/bin:$$PATH" \
+	  ../venv/bin/python -m pytest $(PYTEST_FLAGS) $(TARSIER_TESTS))
 
 lint:
 	$(VPY) -m forktool.lint

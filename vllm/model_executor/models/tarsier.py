@@ -25,11 +25,10 @@ Processor kwargs (`mm_processor_kwargs`, per model or per request):
 Context policy: the authors' default of 8 frames takes 4,808 tokens, more than
 the 4,096 positions the checkpoints declare (the reference does not enforce
 them). vLLM keeps that default; a prompt that does not fit `max_model_len` is
-rejected with the number of tokens its videos need and the two fixes: fewer
-frames (`mm_processor_kwargs={"num_frames": ...}`), or a larger
-`--max-model-len` together with `VLLM_ALLOW_LONG_MAX_MODEL_LEN=1`, for which
-the model sizes its RoPE cache so that positions past 4,096 are computed as in
-the reference. Memory profiling uses a video with as many frames as fit the
+rejected, and the fixes are fewer frames (`mm_processor_kwargs={"num_frames":
+...}`) or a larger `--max-model-len` together with
+`VLLM_ALLOW_LONG_MAX_MODEL_LEN=1`, for which the model sizes its RoPE cache so
+that positions past 4,096 are computed as in the reference. Memory profiling uses a video with as many frames as fit the
 context.
 """
 
@@ -52,7 +51,7 @@ from transformers.image_transforms import to_pil_image
 
 from vllm.config import VllmConfig
 from vllm.config.multimodal import MultiModalDummyOptions
-from vllm.inputs import MultiModalDataDict, MultiModalPlaceholders
+from vllm.inputs import MultiModalDataDict, MultiModalInput
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
 from vllm.multimodal.parse import (
@@ -67,6 +66,7 @@ from vllm.multimodal.processing import (
     PromptReplacement,
     PromptUpdate,
     PromptUpdateDetails,
+    TimingContext,
     cached_encode,
 )
 from vllm.multimodal.processing.processor import (
@@ -200,6 +200,18 @@ class TarsierProcessingInfo(LlavaProcessingInfo):
             )
         return pad_to_square
 
+    def check_mm_kwargs(self, mm_kwargs: Mapping[str, object]) -> None:
+        """Reject unknown or invalid processor kwargs before any work, so that
+        a typo fails instead of running with the defaults."""
+        merged = self.ctx.get_merged_mm_kwargs(mm_kwargs)
+        if unknown := sorted(merged.keys() - {"num_frames", "pad_to_square"}):
+            raise ValueError(
+                f"Tarsier does not take the processor kwargs {unknown}; it takes "
+                "`num_frames` (frames sampled per video) and `pad_to_square`."
+            )
+        self.get_num_frames(merged)
+        self.get_pad_to_square(merged)
+
     def get_num_patches(self) -> int:
         """Patch features per image or frame; every input is resized to the
         tower's image size, so this does not depend on the input."""
@@ -233,34 +245,6 @@ class TarsierProcessingInfo(LlavaProcessingInfo):
         num_videos = max(mm_counts.get("video", 0), 1)
         return max(seq_len // (self.get_max_image_tokens() * num_videos), 1)
 
-    def get_prompt_too_long_hint(
-        self,
-        prompt_len: int,
-        mm_placeholders: MultiModalPlaceholders,
-        max_model_len: int,
-    ) -> str | None:
-        videos = mm_placeholders.get("video")
-        if not videos:
-            return None
-
-        frame_tokens = self.get_max_image_tokens()
-        video_tokens = sum(video.length for video in videos)
-        other_tokens = prompt_len - video_tokens
-        max_frames = (max_model_len - 1 - other_tokens) // (frame_tokens * len(videos))
-        fewer_frames = (
-            f"sample at most {max_frames} frames per video with "
-            f"`mm_processor_kwargs={{'num_frames': {max_frames}}}`"
-            if max_frames > 0
-            else "sample fewer frames or videos"
-        )
-        positions = self.ctx.model_config.hf_text_config.max_position_embeddings
-        return (
-            f"Its {len(videos)} video(s) take {video_tokens} tokens "
-            f"({frame_tokens} per frame). Either {fewer_frames}, or start vLLM "
-            f"with `--max-model-len` above {prompt_len} (the checkpoint declares "
-            f"{positions} positions, so also set VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)."
-        )
-
 
 class TarsierDummyInputsBuilder(LlavaDummyInputsBuilder[TarsierProcessingInfo]):
     def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
@@ -290,6 +274,12 @@ class TarsierDummyInputsBuilder(LlavaDummyInputsBuilder[TarsierProcessingInfo]):
 
 
 class TarsierMultiModalProcessor(BaseLlavaMultiModalProcessor[TarsierProcessingInfo]):
+    def apply(
+        self, inputs: ProcessorInputs, timing_ctx: TimingContext
+    ) -> MultiModalInput:
+        self.info.check_mm_kwargs(inputs.hf_processor_mm_kwargs)
+        return super().apply(inputs, timing_ctx)
+
     def get_dummy_inputs(
         self,
         seq_len: int,

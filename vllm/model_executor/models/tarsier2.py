@@ -8,7 +8,7 @@ Qwen2-VL-7B with its own way of feeding frames; the model math is Qwen2-VL's.
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache, cached_property
 from typing import Any, TypeVar
 
@@ -27,9 +27,10 @@ from transformers.models.qwen2_vl import (
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from vllm.config.multimodal import MultiModalDummyOptions
-from vllm.inputs import MultiModalDataDict
+from vllm.inputs import MultiModalDataDict, MultiModalInput
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.parse import ImageSize
+from vllm.multimodal.processing import ProcessorInputs, TimingContext
 
 from .qwen2_vl import (
     Qwen2VLDummyInputsBuilder,
@@ -74,16 +75,16 @@ class Tarsier2FrameOptions:
 
         return cls(
             num_frames=num_frames,
-            max_frame_pixels=cls._read_pixels(
+            max_frame_pixels=cls.read_pixels(
                 kwargs, "max_frame_pixels", defaults.max_frame_pixels
             ),
-            max_sample_pixels=cls._read_pixels(
+            max_sample_pixels=cls.read_pixels(
                 kwargs, "max_sample_pixels", defaults.max_sample_pixels
             ),
         )
 
     @staticmethod
-    def _read_pixels(kwargs: Mapping[str, object], key: str, default: float) -> float:
+    def read_pixels(kwargs: Mapping[str, object], key: str, default: float) -> float:
         value = kwargs.get(key)
         if value is None:
             return default
@@ -345,6 +346,23 @@ class Tarsier2ProcessingInfo(Qwen2VLProcessingInfo):
         # Request options reach the processor call, not its construction.
         return self._hf_processor
 
+    def check_mm_kwargs(self, mm_kwargs: Mapping[str, object]) -> None:
+        """Reject unknown or invalid processor kwargs before any work, so that
+        a typo fails instead of running with the defaults, and a bad value is
+        named instead of failing inside the HF processor."""
+        merged = self.ctx.get_merged_mm_kwargs(mm_kwargs)
+        options = {f.name for f in fields(Tarsier2FrameOptions)}
+        known = options | Tarsier2ImageProcessor.valid_kwargs.__annotations__.keys()
+        if unknown := sorted(merged.keys() - known):
+            raise ValueError(
+                f"Tarsier2 does not take the processor kwargs {unknown}; it takes "
+                f"{sorted(options)} and the Qwen2-VL image processor's options "
+                "(e.g. `min_pixels`, `max_pixels`)."
+            )
+        Tarsier2FrameOptions.from_kwargs(merged)
+        for key in ("min_pixels", "max_pixels"):
+            Tarsier2FrameOptions.read_pixels(merged, key, 1)
+
     def get_frame_options(
         self, mm_kwargs: Mapping[str, object]
     ) -> Tarsier2FrameOptions:
@@ -501,8 +519,17 @@ class Tarsier2DummyInputsBuilder(Qwen2VLDummyInputsBuilder):
         }
 
 
+class Tarsier2MultiModalProcessor(Qwen2VLMultiModalProcessor):
+    def apply(
+        self, inputs: ProcessorInputs, timing_ctx: TimingContext
+    ) -> MultiModalInput:
+        assert isinstance(self.info, Tarsier2ProcessingInfo)
+        self.info.check_mm_kwargs(inputs.hf_processor_mm_kwargs)
+        return super().apply(inputs, timing_ctx)
+
+
 @MULTIMODAL_REGISTRY.register_processor(
-    Qwen2VLMultiModalProcessor,
+    Tarsier2MultiModalProcessor,
     info=Tarsier2ProcessingInfo,
     dummy_inputs=Tarsier2DummyInputsBuilder,
 )

@@ -17,7 +17,7 @@ from vllm.inputs import MultiModalInput
 from vllm.model_executor.models.tarsier import sample_frame_indices
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.cache import MultiModalProcessorOnlyCache
-from vllm.multimodal.inputs import PlaceholderRange, batched_tensors_equal
+from vllm.multimodal.inputs import batched_tensors_equal
 from vllm.multimodal.processing import BaseMultiModalProcessor
 from vllm.renderers.hf import _detect_content_format
 
@@ -462,26 +462,6 @@ def test_more_items_than_limit():
         _process(processor, "<video>" * 3, {"video": [_solid_video(2)] * 3})
 
 
-def test_prompt_too_long_hint(processor_7b: BaseMultiModalProcessor):
-    info = processor_7b.info
-    video = PlaceholderRange(offset=5, length=8 * FRAME_TOKENS)
-    hint = info.get_prompt_too_long_hint(4808 + 20, {"video": [video]}, 4096)
-    assert hint is not None
-    assert "take 4808 tokens (601 per frame)" in hint
-    # (4096 - 1 - 20) // 601 frames still fit.
-    assert "`mm_processor_kwargs={'num_frames': 6}`" in hint
-    assert "`--max-model-len` above 4828" in hint
-    assert "declares 4096 positions" in hint
-    assert "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1" in hint
-
-    image = PlaceholderRange(offset=5, length=FRAME_TOKENS)
-    assert info.get_prompt_too_long_hint(5000, {"image": [image] * 8}, 4096) is None
-
-
-# Profiling
-
-
-@pytest.mark.parametrize("max_model_len", [4096, 1000, 500])
 def test_dummy_video_fits_context(max_model_len: int):
     processor = _build_processor(
         TARSIER_7B, model_config_kwargs={"max_model_len": max_model_len}
