@@ -10,6 +10,7 @@ import asyncio
 import base64
 import io
 from collections.abc import Mapping, Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from vllm.entrypoints.serve.tokenize.protocol import TokenizeChatRequest
 from vllm.renderers.online_renderer import OnlineRenderer
 from vllm.renderers.registry import renderer_from_config
+from vllm.tokenizers import cached_tokenizer_from_config
 
 from ...utils import build_model_context
 
@@ -56,6 +58,7 @@ QWEN_VISION = {
 # The authors' prompt
 
 
+@cache
 def authors_tokenizer(model_id: str) -> Any:
     """The tokenizer the authors' code gets from a checkpoint.
 
@@ -102,8 +105,12 @@ def authors_prompt_text(
     `<image>` and a video `num_frames` of them, back to back (the authors
     replace `<video>` so); a past reply is "ASSISTANT: {text}{eos}" and a system
     text comes first followed by a space (their conversation class). The BOS is
-    the tokenizer's. Tarsier2: Qwen's ChatML, each turn's visuals before its
-    text, one pad token per image or video (the processor expands it).
+    the tokenizer's; the generation prompt keeps the space of the authors'
+    inference scripts (their interactive demo writes "ASSISTANT:"). Tarsier2:
+    Qwen's ChatML, each turn's visuals before its text, one pad token per
+    image or video (the processor expands it; a video's frames sit at video
+    pads here and in vLLM, at image pads in the authors' code, which changes
+    the ids but not the embeddings there).
     """
     prompt = ""
     for message in conversation:
@@ -146,7 +153,9 @@ def authors_prompt_ids(
     )
     if family == "tarsier2":
         return tokenizer.encode(text, add_special_tokens=False)
-    first = tokenizer.convert_ids_to_tokens(tokenizer.encode("USER", add_special_tokens=False))
+    first = tokenizer.convert_ids_to_tokens(
+        tokenizer.encode("USER", add_special_tokens=False)
+    )
     if not first[0].startswith("\u2581"):
         raise ValueError(
             f"Expected a tokenizer that marks the first word ('\u2581USER'), "
@@ -206,7 +215,7 @@ def _mp4_url(path: Path) -> str:
 
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 4, (64, 48))
     for t in range(6):
-        frame = np.full((48, 64, 3), 30, np.uint8)
+        frame: np.ndarray = np.full((48, 64, 3), 30, np.uint8)
         frame[:, 8 * t : 8 * t + 10] = (40, 190, 220)
         writer.write(frame)
     writer.release()
@@ -386,3 +395,40 @@ def test_authors_tokenizer_is_sentencepiece(model_id: str) -> None:
         else:
             expected += sp.encode(("\u2581" if i == 0 else "") + piece)
     assert tokenizer.encode(text) == expected
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize(
+    "model_id", [m for m, family in MODELS.items() if family == "tarsier"]
+)
+def test_template_text_tokenizes_alike_with_either_loader(
+    model_id: str, case: str
+) -> None:
+    """The rendered text gives the same ids with the tokenizer vLLM loads
+    (Transformers 5's generic backend) and with the checkpoint's own
+    `LlamaTokenizer`, so the template holds if vLLM ever loads the latter."""
+    vllm_tokenizer = cached_tokenizer_from_config(
+        build_model_context(model_id).model_config
+    )
+    # The parts as vLLM hands them to the template.
+    messages = [
+        {
+            "role": message["role"],
+            "content": message["content"]
+            if isinstance(message["content"], str)
+            else [
+                {"type": kind} if (kind := _part_kind(part)) else part
+                for part in message["content"]
+            ],
+        }
+        for message in conversations("data:video/mp4;base64,")[case]
+    ]
+    text = vllm_tokenizer.apply_chat_template(
+        messages,
+        chat_template=TEMPLATES["tarsier"].read_text(),
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    assert vllm_tokenizer.encode(text, add_special_tokens=False) == authors_tokenizer(
+        model_id
+    ).encode(text, add_special_tokens=False)
