@@ -28,8 +28,8 @@ them). vLLM keeps that default; a prompt that does not fit `max_model_len` is
 rejected, and the fixes are fewer frames (`mm_processor_kwargs={"num_frames":
 ...}`) or a larger `--max-model-len` together with
 `VLLM_ALLOW_LONG_MAX_MODEL_LEN=1`, for which the model sizes its RoPE cache so
-that positions past 4,096 are computed as in the reference. Memory profiling uses a video with as many frames as fit the
-context.
+that positions past 4,096 are computed as in the reference. Memory profiling
+uses a video with as many frames as fit the context.
 """
 
 import math

@@ -450,6 +450,14 @@ def test_invalid_inputs(processor_7b: BaseMultiModalProcessor):
             )
     with pytest.raises(ValueError, match="`pad_to_square` must be a bool"):
         _process(processor_7b, "<image>", {"image": _noise(8, 8)}, {"pad_to_square": 1})
+    # A misspelt option fails instead of running with the defaults, also on a
+    # request without a video.
+    with pytest.raises(
+        ValueError, match=r"does not take the processor kwargs \['num_frame'\]"
+    ):
+        _process(processor_7b, "<image>", {"image": _noise(8, 8)}, {"num_frame": 2})
+    with pytest.raises(ValueError, match="`num_frames` must be a positive integer"):
+        _process(processor_7b, "<image>", {"image": _noise(8, 8)}, {"num_frames": 0})
     with pytest.raises(ValueError, match="video embeddings are not supported"):
         processor_7b.info.parse_mm_data({"video": torch.zeros(1, 576, 128)})
 
@@ -462,6 +470,10 @@ def test_more_items_than_limit():
         _process(processor, "<video>" * 3, {"video": [_solid_video(2)] * 3})
 
 
+# Profiling
+
+
+@pytest.mark.parametrize("max_model_len", [4096, 1000, 500])
 def test_dummy_video_fits_context(max_model_len: int):
     processor = _build_processor(
         TARSIER_7B, model_config_kwargs={"max_model_len": max_model_len}
@@ -490,7 +502,7 @@ def test_chat_template_renders_reference_prompt(processor_7b: BaseMultiModalProc
 
     video = [{"type": "video"}, {"type": "text", "text": "Describe the video."}]
     assert render([{"role": "user", "content": video}]) == (
-        "<s>USER: <video>\nDescribe the video. ASSISTANT: "
+        "<s> USER: <video>\nDescribe the video. ASSISTANT: "
     )
     images = [
         {"type": "text", "text": "Compare them."},
@@ -504,6 +516,6 @@ def test_chat_template_renders_reference_prompt(processor_7b: BaseMultiModalProc
             {"role": "user", "content": images},
         ]
     ) == (
-        "<s>USER: Hi. ASSISTANT: Hello.</s>USER: <image>\n<image>\nCompare them. "
+        "<s> USER: Hi. ASSISTANT: Hello.</s>USER: <image><image>\nCompare them. "
         "ASSISTANT: "
     )

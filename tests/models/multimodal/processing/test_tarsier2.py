@@ -384,6 +384,8 @@ def test_configured_kwargs_and_request_override():
         ({"num_frames": 2.5}, "num_frames"),
         ({"max_frame_pixels": -1}, "max_frame_pixels"),
         ({"max_sample_pixels": "many"}, "max_sample_pixels"),
+        ({"max_pixels": "big"}, "max_pixels"),
+        ({"num_frame": 2}, r"does not take the processor kwargs \['num_frame'\]"),
     ],
 )
 def test_invalid_kwargs(processor, mm_kwargs: dict[str, Any], match: str):
