@@ -525,7 +525,28 @@ class Tarsier2MultiModalProcessor(Qwen2VLMultiModalProcessor):
     ) -> MultiModalInput:
         assert isinstance(self.info, Tarsier2ProcessingInfo)
         self.info.check_mm_kwargs(inputs.hf_processor_mm_kwargs)
-        return super().apply(inputs, timing_ctx)
+        result = super().apply(inputs, timing_ctx)
+        self._check_placeholders(result)
+        return result
+
+    def _check_placeholders(self, result: MultiModalInput) -> None:
+        """A pad token left in the prompt has no item to stand for: reject
+        it instead of embedding it as text."""
+        hf_config = self.info.get_hf_config()
+        token_ids = result["prompt_token_ids"]
+        for modality, token_id in (
+            ("image", hf_config.image_token_id),
+            ("video", hf_config.video_token_id),
+        ):
+            items = result["mm_placeholders"].get(modality, [])
+            expected = sum(item.get_num_embeds() for item in items)
+            if (found := token_ids.count(token_id)) != expected:
+                pad = self.info.get_tokenizer().decode([token_id])
+                raise ValueError(
+                    f"The prompt has {found} `{pad}` tokens, but its {len(items)} "
+                    f"{modality}(s) fill {expected}: write one placeholder per "
+                    f"{modality}, as the chat template does."
+                )
 
 
 @MULTIMODAL_REGISTRY.register_processor(

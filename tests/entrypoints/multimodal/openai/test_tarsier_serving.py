@@ -76,6 +76,11 @@ class Family:
 
         return AutoTokenizer.from_pretrained(self.model)
 
+    def filler(self, num_tokens: int) -> str:
+        """Text of about `num_tokens` tokens."""
+        per_word = len(self.tokenizer("word " * 100).input_ids) / 100
+        return "word " * int(num_tokens / per_word)
+
     def pad_id(self, modality: str) -> int:
         """The token each patch feature replaces in the prompt."""
         if not self.is_tarsier2:
@@ -630,7 +635,9 @@ BAD_INPUTS: dict[str, Bad] = {
         ),
         400,
         "perfect square",
-        tarsier2=(400, "image_grid_thw"),
+        # Qwen2-VL takes embeddings with their grid (a dict); a bare tensor
+        # is read as one image per row.
+        tarsier2=(400, "At most 2 image"),
     ),
     "more_placeholders_than_images": Bad(
         lambda f, media, http: user(
@@ -648,7 +655,7 @@ BAD_INPUTS: dict[str, Bad] = {
     "prompt_over_context_with_video": Bad(
         # The text alone fits; with the video's ~4,800 tokens it does not.
         lambda f, media, http: user(
-            video_part((media / "big.mp4").as_uri()), text="word " * 4000
+            video_part((media / "big.mp4").as_uri()), text=f.filler(4000)
         ),
         400,
         r"exceeds model's maximum context length.*1 video item\(s\) take",
@@ -730,7 +737,7 @@ def test_a_rejected_video_does_not_break_the_next_request(
     # that fits: the second must not hit the processor cache's drift (500).
     path = write_video(media_dir / "drift.mp4", smooth_frames(16, 640, 360, 7), "mp4v")
     with pytest.raises(openai.BadRequestError, match="video item"):
-        chat(client, family, user(video_part(path.as_uri()), text="word " * 4000))
+        chat(client, family, user(video_part(path.as_uri()), text=family.filler(4000)))
     for _ in range(2):
         output = chat(client, family, user(video_part(path.as_uri())))
         assert output.usage.completion_tokens == MAX_TOKENS
