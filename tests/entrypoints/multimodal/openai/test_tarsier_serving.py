@@ -140,7 +140,7 @@ def decode_all(path: Path) -> np.ndarray:
     if path.suffix == ".gif":
         with Image.open(path) as gif:
             frames = []
-            for i in range(gif.n_frames):
+            for i in range(getattr(gif, "n_frames", 1)):
                 gif.seek(i)
                 frames.append(np.asarray(gif.convert("RGB")))
         return np.stack(frames)
@@ -457,7 +457,9 @@ def test_completions_with_a_raw_prompt(client: openai.OpenAI, family: Family) ->
     )
     # A raw prompt is tokenized as `LLM.generate` does: the checkpoint's
     # tokenizer as Transformers loads it, adding the BOS for Tarsier.
-    assert output.choices[0].prompt_token_ids == family.tokenizer(prompt).input_ids
+    prompt_ids = output.choices[0].model_dump()["prompt_token_ids"]
+    assert prompt_ids == family.tokenizer(prompt).input_ids
+    assert output.usage is not None
     assert output.usage.completion_tokens == MAX_TOKENS
 
 
