@@ -32,6 +32,7 @@ from PIL import Image
 
 from vllm.transformers_utils.config import get_config
 
+from ....models.multimodal.generation.video_files import decode_mp4
 from ....models.multimodal.processing.test_tarsier_chat_template import (
     authors_prompt_ids,
     authors_tokenizer,
@@ -144,14 +145,7 @@ def decode_all(path: Path) -> np.ndarray:
                 gif.seek(i)
                 frames.append(np.asarray(gif.convert("RGB")))
         return np.stack(frames)
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-    return np.stack(frames)
+    return decode_mp4(path)
 
 
 def png_bytes(image: np.ndarray | Image.Image) -> bytes:
