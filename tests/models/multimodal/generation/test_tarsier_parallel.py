@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from vllm import SamplingParams
@@ -361,12 +362,18 @@ def test_offline_matches_one_rank(
     # The engine core in this process: one process start (an import of vLLM)
     # fewer; the ranks still run in their own processes.
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    with vllm_runner(
-        family.model,
-        distributed_executor_backend="mp",
-        **(family.engine_kwargs() | PARALLEL[parallel_name]),
-    ) as runner:
-        actual = run_offline(runner, family, conversations["requests"])
+    torch_threads = torch.get_num_threads()
+    try:
+        with vllm_runner(
+            family.model,
+            distributed_executor_backend="mp",
+            **(family.engine_kwargs() | PARALLEL[parallel_name]),
+        ) as runner:
+            actual = run_offline(runner, family, conversations["requests"])
+    finally:
+        # The engine core lowers torch's threads for serving; later tests in
+        # this process should not inherit that.
+        torch.set_num_threads(torch_threads)
 
     assert_same(expected, actual, f"offline {parallel_name}")
 
