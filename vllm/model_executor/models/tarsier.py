@@ -209,8 +209,8 @@ class TarsierProcessingInfo(LlavaProcessingInfo):
                 f"Tarsier does not take the processor kwargs {unknown}; it takes "
                 "`num_frames` (frames sampled per video) and `pad_to_square`."
             )
-        self.get_num_frames(merged)
-        self.get_pad_to_square(merged)
+        self.get_num_frames(mm_kwargs)
+        self.get_pad_to_square(mm_kwargs)
 
     def get_num_patches(self) -> int:
         """Patch features per image or frame; every input is resized to the

@@ -359,7 +359,7 @@ class Tarsier2ProcessingInfo(Qwen2VLProcessingInfo):
                 f"{sorted(options)} and the Qwen2-VL image processor's options "
                 "(e.g. `min_pixels`, `max_pixels`)."
             )
-        Tarsier2FrameOptions.from_kwargs(merged)
+        self.get_frame_options(mm_kwargs)
         for key in ("min_pixels", "max_pixels"):
             Tarsier2FrameOptions.read_pixels(merged, key, 1)
 
