@@ -28,7 +28,9 @@ TARSIER_7B = "omni-research/Tarsier-7b"
 TARSIER_34B = "omni-research/Tarsier-34b"
 MODEL_IDS = [TARSIER_7B, TARSIER_34B]
 
-# Published facts: image token, row separator, frame separator (config.json).
+# Image token, row separator, frame separator: published in Tarsier-7b's
+# config.json; Tarsier-34b's are inferred (Yi's 64,000-token vocabulary plus
+# the same added tokens), not read from its checkpoint.
 SPECIAL_IDS = {TARSIER_7B: (32000, 32002, 32003), TARSIER_34B: (64000, 64002, 64003)}
 GRID = 24  # 336 / 14
 FRAME_TOKENS = GRID * GRID + GRID + 1  # 601
