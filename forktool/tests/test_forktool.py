@@ -57,22 +57,41 @@ def commits(fork: Path) -> list[str]:
     return git(fork, "log", "--format=%H %s").splitlines()
 
 
-def test_materialize_makes_two_commits(repo: Path) -> None:
+def patched_files(patches: list[Path]) -> set[str]:
+    return {line.split(" b/")[-1] for p in patches
+            for line in p.read_text().splitlines()
+            if line.startswith("diff --git ")}
+
+
+def test_materialize_makes_the_series(repo: Path) -> None:
     fork = repo / "build" / "fork"
     log = commits(fork)
-    assert len(log) == 2
-    assert log[1].split(" ", 1)[1].startswith("Import vLLM 0.32.0")
+    assert len(log) == 4
+    assert log[-1].split(" ", 1)[1].startswith("Import vLLM 0.32.0")
+    assert [line.split(" ", 1)[1] for line in log[:3]] == [
+        "[Model] Bring back Tarsier2, with its config on Transformers v5",
+        "[Model] Bring back Tarsier with native video input",
+        "[Multimodal] Clearer errors for rejected prompts and media, and "
+        "per-model video loading",
+    ]
     # The import commit is upstream untouched: it has no overlay file, and the
-    # patch commit has every overlay file and patched file.
-    base = log[1].split()[0]
+    # series has every overlay file and patched file.
+    base = log[-1].split()[0]
     changed = git(fork, "diff", "--name-only", base, "HEAD").split()
-    overlay = git(repo, "ls-files", "vllm", "tests", "docs", "examples",
-                  "benchmarks").split()
-    patched = [line.split(" b/")[-1]
-               for p in (repo / "patches").glob("*.patch")
-               for line in p.read_text().splitlines()
-               if line.startswith("diff --git ")]
-    assert sorted(changed) == sorted(set(overlay) | set(patched))
+    overlay = git(repo, "ls-files", "vllm", "tests", "docs", "examples").split()
+    patches = sorted((repo / "patches").glob("*.patch"))
+    assert sorted(changed) == sorted(set(overlay) | patched_files(patches))
+    # Each PR holds its own part: generic fixes edit upstream files only; the
+    # Tarsier PR adds no Tarsier2 file; Tarsier2's config patch comes last.
+    generic, tarsier, tarsier2 = (c.split()[0] for c in reversed(log[:3]))
+    added = git(fork, "diff", "--name-only", "--diff-filter=A", base, generic)
+    assert not added.split()
+    added = git(fork, "diff", "--name-only", "--diff-filter=A", generic, tarsier)
+    assert added.split() and all("tarsier" in p and "tarsier2" not in p
+                                 for p in added.split())
+    in_tarsier2 = git(fork, "diff", "--name-only", tarsier, tarsier2).split()
+    assert "vllm/transformers_utils/config.py" in in_tarsier2
+    assert "vllm/model_executor/models/tarsier2.py" in in_tarsier2
 
 
 def test_materialize_twice_is_a_noop(repo: Path) -> None:
@@ -153,18 +172,50 @@ def test_refresh_and_export(repo: Path, tmp_path: Path) -> None:
         assert "+# an edit made inside the fork" in text
         # The fork now matches the repository: materialize has nothing to do.
         assert "nothing to do" in run_tool(repo, "materialize").stdout
-        assert len(commits(fork)) == 2
+        assert len(commits(fork)) == 4
 
         out = tmp_path / "pr"
         proc = run_tool(repo, "export", "--out", str(out))
         assert proc.returncode == 0, proc.stderr
-        (mail,) = out.glob("0001-*.patch")
-        assert "Subject: [PATCH] [Model] Bring back Tarsier" in mail.read_text()
-        assert "vllm/envs.py" in (out / "diffstat.txt").read_text()
+        mails = sorted(out.glob("000*.patch"))
+        assert [m.name[:4] for m in mails] == ["0001", "0002", "0003"]
+        assert "Subject: [PATCH 2/3] [Model] Bring back Tarsier with" in (
+            mails[1].read_text())
+        # A new patch joins the last PR.
+        assert "vllm/envs.py" in mails[2].read_text()
+        assert "vllm/envs.py" not in mails[0].read_text()
+        assert "PR 3/3" in (out / "diffstat.txt").read_text()
     finally:
         (repo / "patches" / new).unlink()
         target.write_text(original)
         assert run_tool(repo, "sync", "--force").returncode == 0
+
+
+def test_refresh_of_a_file_two_prs_edit(repo: Path) -> None:
+    """The edit goes to the later PR's patch, as a diff on the earlier one's."""
+    fork = repo / "build" / "fork"
+    target = fork / "vllm" / "model_executor" / "models" / "registry.py"
+    owners = [p for p in sorted((repo / "patches").glob("*.patch"))
+              if "vllm/model_executor/models/registry.py" in patched_files([p])]
+    assert len(owners) == 2
+    texts = {p: p.read_text() for p in owners}
+    original = target.read_text()
+    target.write_text(original + "# a refresh probe\n")
+    try:
+        proc = run_tool(repo, "refresh")
+        assert proc.returncode == 0, proc.stderr
+        first, last = owners
+        assert first.read_text() == texts[first]
+        assert "+# a refresh probe" in last.read_text()
+        assert last.read_text().count("diff --git a/vllm/model_executor/models/"
+                                      "registry.py") == 1
+        assert "nothing to do" in run_tool(repo, "materialize").stdout
+        assert target.read_text() == original + "# a refresh probe\n"
+    finally:
+        for patch, text in texts.items():
+            patch.write_text(text)
+        assert run_tool(repo, "sync", "--force").returncode == 0
+    assert target.read_text() == original
 
 
 def test_refresh_keeps_overlay_files_the_fork_has_not_seen(repo: Path) -> None:
@@ -201,6 +252,7 @@ def test_check_reports_each_patch(repo: Path, version: str) -> None:
         assert any(line.strip().startswith(name)
                    for line in proc.stdout.splitlines()), proc.stdout
     assert f"vLLM {version}" in proc.stdout
+    assert "PR 1: [Multimodal]" in proc.stdout and "PR 3: [Model]" in proc.stdout
     assert proc.returncode in (0, 1)
     assert (proc.returncode == 0) == (f"applies to vLLM {version}" in proc.stdout)
 

@@ -9,7 +9,7 @@ videos of several lengths. Each measurement runs in its own process, whose
 peak RSS is reported. Decoding every frame needs about 6 MB per 1080p frame,
 so that arm is only run where it fits in half of the available memory.
 
-    python benchmarks/benchmark_tarsier_video_memory.py --lengths 300 1000 3000
+    python bench/benchmark_tarsier_video_memory.py --lengths 300 1000 3000
 """
 
 import argparse

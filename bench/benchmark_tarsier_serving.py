@@ -9,9 +9,9 @@ fixed concurrency, a mix of images and videos, each its own generated media
 Reports requests completed, failed (an error response) and lost (no response at
 all: refused, reset or timed out), latency percentiles, and throughput.
 
-    HF_HUB_OFFLINE=1 python benchmarks/benchmark_tarsier_serving.py \\
+    HF_HUB_OFFLINE=1 python bench/benchmark_tarsier_serving.py \\
         --num-requests 500 --concurrency 32
-    python benchmarks/benchmark_tarsier_serving.py \\
+    python bench/benchmark_tarsier_serving.py \\
         --model omni-research/Tarsier2-Recap-7b --num-requests 40 --concurrency 8
 
 Videos ask for ``--num-frames`` frames through ``mm_processor_kwargs``, which
