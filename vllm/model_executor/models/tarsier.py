@@ -27,8 +27,9 @@ the 4,096 positions the checkpoints declare (the reference does not enforce
 them). vLLM keeps that default; a prompt that does not fit `max_model_len` is
 rejected, and the fixes are fewer frames (`mm_processor_kwargs={"num_frames":
 ...}`) or a larger `--max-model-len` together with
-`VLLM_ALLOW_LONG_MAX_MODEL_LEN=1`, for which the model sizes its RoPE cache so
-that positions past 4,096 are computed as in the reference. Memory profiling
+`VLLM_ALLOW_LONG_MAX_MODEL_LEN=1`, for which `TarsierConfig` in models/config.py
+sizes the LM's RoPE cache so that positions past 4,096 are computed as in the
+reference. Memory profiling
 uses a video with as many frames as fit the context.
 """
 
@@ -503,23 +504,7 @@ class TarsierForConditionalGeneration(LlavaForConditionalGeneration):
                 f"{type(vision_config).__name__}; Tarsier2 checkpoints load as "
                 "Tarsier2ForConditionalGeneration."
             )
-        self._cover_max_model_len(vllm_config)
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-
-    @staticmethod
-    def _cover_max_model_len(vllm_config: VllmConfig) -> None:
-        """The authors run 8-frame prompts past the 4,096 positions the
-        checkpoints declare, with RoPE computed for any position. Size the LM's
-        RoPE cache for `max_model_len`, so that a context raised with
-        VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 gives the reference's results."""
-        model_config = vllm_config.model_config
-        text_config = model_config.hf_text_config
-        rope_parameters = getattr(text_config, "rope_parameters", None) or {}
-        if (
-            rope_parameters.get("rope_type", "default") == "default"
-            and model_config.max_model_len > text_config.max_position_embeddings
-        ):
-            text_config.max_position_embeddings = model_config.max_model_len
 
     @classmethod
     def get_placeholder_str(cls, modality: str, i: int) -> str | None:
