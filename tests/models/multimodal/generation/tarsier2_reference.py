@@ -82,7 +82,7 @@ class Tarsier2Reference:
     def __init__(self, model: str) -> None:
         path = Path(model)
         if not path.is_dir():
-            path = Path(snapshot_download(model, local_files_only=True))
+            path = Path(snapshot_download(model))
         raw = json.loads((path / "config.json").read_text())
         text = {k: v for k, v in raw["text_config"].items() if k != "model_type"}
         vision = {k: v for k, v in raw["vision_config"].items() if k != "model_type"}
@@ -90,7 +90,12 @@ class Tarsier2Reference:
         config._attn_implementation = "eager"
 
         self.model = Qwen2VLForConditionalGeneration(config).float().eval()
-        weights = load_file(path / "model.safetensors")
+        # One file, or the shards published checkpoints have.
+        weights = {
+            name: tensor
+            for file in sorted(path.glob("*.safetensors"))
+            for name, tensor in load_file(file).items()
+        }
         renamed = {self._rename(name): tensor for name, tensor in weights.items()}
         self.model.load_state_dict(renamed, strict=True)
 

@@ -59,7 +59,12 @@ class TarsierReference:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.image_processor = CLIPImageProcessorPil.from_pretrained(path)
 
-        state = load_file(path / "model.safetensors")
+        # One file, or the shards published checkpoints have.
+        state = {
+            name: tensor
+            for file in sorted(path.glob("*.safetensors"))
+            for name, tensor in load_file(file).items()
+        }
 
         self.vision = CLIPVisionModel(CLIPVisionConfig(**self.config["vision_config"]))
         self.vision.load_state_dict(

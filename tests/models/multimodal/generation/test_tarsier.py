@@ -24,6 +24,7 @@ from vllm.multimodal.utils import fetch_video
 from ....conftest import VllmRunner
 from ...utils import check_logprobs_close
 from .tarsier_reference import TarsierReference, video_frames
+from .checkpoint_shards import same_weights, write_sharded_copy
 from .video_files import decode_mp4, write_mp4
 
 MODEL_ID = "omni-research/Tarsier-7b"
@@ -207,3 +208,12 @@ def test_prompt_over_context_names_the_fixes(llm: LLM) -> None:
     assert "1 video item(s) take 5409" in message
     assert "fewer frames" in message
     assert "`max_model_len`" in message
+
+
+def test_reference_reads_a_sharded_checkpoint(
+    reference: TarsierReference, tmp_path: Path
+) -> None:
+    """Published checkpoints are sharded; the tiny fixture is one file."""
+    sharded = TarsierReference(str(write_sharded_copy(MODEL_ID, tmp_path)))
+    assert len(list(tmp_path.glob("model-*-of-00002.safetensors"))) == 2
+    assert same_weights(reference, sharded)

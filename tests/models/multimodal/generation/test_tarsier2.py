@@ -3,6 +3,7 @@
 """Tarsier2 in vLLM against an independent reference of the authors' pipeline
 (``tarsier2_reference.py``), token for token, in float32."""
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from vllm.multimodal.utils import fetch_video
 
 from ...utils import check_logprobs_close
 from .tarsier2_reference import Request, Tarsier2Reference, TokensTextLogprobs
+from .checkpoint_shards import same_weights, write_sharded_copy
 from .video_files import decode_mp4, write_mp4
 
 MODEL_ID = "omni-research/Tarsier2-Recap-7b"
@@ -186,3 +188,12 @@ def test_video_file(llm, reference, tmp_path):
     assert len(frames) == 16 and metadata["total_num_frames"] == 40
     request = make_request(reference, [("video", decode_mp4(path))])
     compare(llm, reference, [request], [Request(request.text, [("video", video)], {})])
+
+
+def test_reference_reads_a_sharded_checkpoint(
+    reference: Tarsier2Reference, tmp_path: Path
+) -> None:
+    """Published checkpoints are sharded; the tiny fixture is one file."""
+    sharded = Tarsier2Reference(str(write_sharded_copy(MODEL_ID, tmp_path)))
+    assert len(list(tmp_path.glob("model-*-of-00002.safetensors"))) == 2
+    assert same_weights(reference, sharded)
