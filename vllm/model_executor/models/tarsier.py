@@ -70,10 +70,6 @@ from vllm.multimodal.processing import (
     TimingContext,
     cached_encode,
 )
-from vllm.multimodal.processing.processor import (
-    MultiModalPromptUpdates,
-    PlaceholderFeaturesInfo,
-)
 from vllm.transformers_utils.processor import cached_get_image_processor
 from vllm.utils.tensor_schema import TensorSchema, TensorShape
 
@@ -278,8 +274,31 @@ class TarsierMultiModalProcessor(BaseLlavaMultiModalProcessor[TarsierProcessingI
     def apply(
         self, inputs: ProcessorInputs, timing_ctx: TimingContext
     ) -> MultiModalInput:
+        # Before any frame is processed: a typo or a missing placeholder fails
+        # with what to fix.
         self.info.check_mm_kwargs(inputs.hf_processor_mm_kwargs)
+        self._check_placeholders(inputs)
         return super().apply(inputs, timing_ctx)
+
+    def _check_placeholders(self, inputs: ProcessorInputs) -> None:
+        image_token_id = self.info.get_hf_config().image_token_index
+        text = self.info.get_tokenizer().decode(inputs.prompt)
+        counts = inputs.mm_data_items.get_all_counts()
+        found = {
+            _IMAGE_PLACEHOLDER: inputs.prompt.count(image_token_id),
+            _VIDEO_PLACEHOLDER: text.count(_VIDEO_PLACEHOLDER),
+        }
+        for modality, placeholder in (
+            ("image", _IMAGE_PLACEHOLDER),
+            ("video", _VIDEO_PLACEHOLDER),
+        ):
+            expected = counts.get(modality, 0)
+            if found[placeholder] != expected:
+                raise ValueError(
+                    f"Expected {expected} `{placeholder}` placeholder(s) in the "
+                    f"prompt for {expected} {modality}(s), but found "
+                    f"{found[placeholder]}."
+                )
 
     def get_dummy_inputs(
         self,
@@ -436,57 +455,32 @@ class TarsierMultiModalProcessor(BaseLlavaMultiModalProcessor[TarsierProcessingI
             ),
         ]
 
-    def _tokenize_video_placeholders(
-        self,
-        token_ids: list[int],
-        num_videos: int,
-    ) -> list[int]:
-        """Re-tokenize the prompt as the authors' pipeline does: it replaces
-        `<video>` with `<image>` tokens before tokenizing, so the text around a
-        video is split as around an image. Each video is left as the tokens of
-        `<video>`, the target of its prompt update."""
+    def _postprocess_prompt(self, prompt: list[int]) -> list[int]:
+        """Tokenize as the authors' pipeline does: it replaces `<video>` with
+        `<image>` before tokenizing, so the text around a video is split as
+        around an image. Each video is left as the tokens of `<video>`, the
+        target of its prompt update."""
         tokenizer = self.info.get_tokenizer()
+        text = tokenizer.decode(prompt)
+        if _VIDEO_PLACEHOLDER not in text:
+            return prompt
+
         image_token_id = self.info.get_hf_config().image_token_index
         image_placeholder = tokenizer.decode([image_token_id])
-
-        text = tokenizer.decode(token_ids)
         placeholders = re.findall(
             f"{re.escape(image_placeholder)}|{re.escape(_VIDEO_PLACEHOLDER)}", text
         )
-        if placeholders.count(_VIDEO_PLACEHOLDER) != num_videos:
-            raise ValueError(
-                f"Expected {num_videos} `{_VIDEO_PLACEHOLDER}` placeholder(s) in "
-                f"the prompt for {num_videos} video(s), but found "
-                f"{placeholders.count(_VIDEO_PLACEHOLDER)}."
-            )
-
         is_video: Iterator[bool] = (p == _VIDEO_PLACEHOLDER for p in placeholders)
-        new_token_ids = list[int]()
+        new_prompt = list[int]()
         for token_id in tokenizer.encode(
             text.replace(_VIDEO_PLACEHOLDER, image_placeholder),
             add_special_tokens=False,
         ):
             if token_id == image_token_id and next(is_video):
-                new_token_ids.extend(self._get_video_target())
+                new_prompt.extend(self._get_video_target())
             else:
-                new_token_ids.append(token_id)
-        return new_token_ids
-
-    def _apply_prompt_updates(
-        self,
-        token_ids: list[int],
-        mm_prompt_updates: MultiModalPromptUpdates,
-    ) -> tuple[list[int], Mapping[str, list[PlaceholderFeaturesInfo]]]:
-        image_token_id = self.info.get_hf_config().image_token_index
-        num_images = len(mm_prompt_updates.get("image", ()))
-        if (found := token_ids.count(image_token_id)) != num_images:
-            raise ValueError(
-                f"Expected {num_images} `{_IMAGE_PLACEHOLDER}` placeholder(s) in "
-                f"the prompt for {num_images} image(s), but found {found}."
-            )
-        if num_videos := len(mm_prompt_updates.get("video", ())):
-            token_ids = self._tokenize_video_placeholders(token_ids, num_videos)
-        return super()._apply_prompt_updates(token_ids, mm_prompt_updates)
+                new_prompt.append(token_id)
+        return new_prompt
 
 
 @MULTIMODAL_REGISTRY.register_processor(

@@ -23,8 +23,8 @@ from vllm.multimodal.utils import fetch_video
 
 from ....conftest import VllmRunner
 from ...utils import check_logprobs_close
-from .tarsier_reference import TarsierReference, video_frames
 from .checkpoint_shards import same_weights, write_sharded_copy
+from .tarsier_reference import TarsierReference, video_frames
 from .video_files import decode_mp4, write_mp4
 
 MODEL_ID = "omni-research/Tarsier-7b"

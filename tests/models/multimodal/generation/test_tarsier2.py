@@ -15,8 +15,8 @@ from vllm.distributed import cleanup_dist_env_and_memory
 from vllm.multimodal.utils import fetch_video
 
 from ...utils import check_logprobs_close
-from .tarsier2_reference import Request, Tarsier2Reference, TokensTextLogprobs
 from .checkpoint_shards import same_weights, write_sharded_copy
+from .tarsier2_reference import Request, Tarsier2Reference, TokensTextLogprobs
 from .video_files import decode_mp4, write_mp4
 
 MODEL_ID = "omni-research/Tarsier2-Recap-7b"
