@@ -31,6 +31,7 @@ from vllm.inputs import MultiModalDataDict, MultiModalInput
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.parse import ImageSize
 from vllm.multimodal.processing import ProcessorInputs, TimingContext
+from vllm.multimodal.video import TarsierVideoBackend
 
 from .qwen2_vl import (
     Qwen2VLDummyInputsBuilder,
@@ -64,37 +65,11 @@ class Tarsier2FrameOptions:
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, object]) -> "Tarsier2FrameOptions":
         """Read the options from (merged) ``mm_processor_kwargs``."""
-        defaults = cls()
-        num_frames = kwargs.get("num_frames")
-        if num_frames is None:
-            num_frames = defaults.num_frames
-        elif isinstance(num_frames, bool) or not isinstance(num_frames, int):
-            raise ValueError(f"Expected `num_frames` to be an int, got {num_frames!r}")
-        elif num_frames < 1:
-            raise ValueError(f"Expected `num_frames` >= 1, got {num_frames}")
-
-        return cls(
-            num_frames=num_frames,
-            max_frame_pixels=cls.read_pixels(
-                kwargs, "max_frame_pixels", defaults.max_frame_pixels
-            ),
-            max_sample_pixels=cls.read_pixels(
-                kwargs, "max_sample_pixels", defaults.max_sample_pixels
-            ),
-        )
-
-    @staticmethod
-    def read_pixels(kwargs: Mapping[str, object], key: str, default: float) -> float:
-        value = kwargs.get(key)
-        if value is None:
-            return default
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not value > 0
-        ):
-            raise ValueError(f"Expected `{key}` to be a positive number, got {value!r}")
-        return value
+        names = (f.name for f in fields(cls))
+        values = {key: kwargs[key] for key in names if kwargs.get(key) is not None}
+        for key, value in values.items():
+            check_positive(key, value, integer=key == "num_frames")
+        return cls(**values)  # type: ignore[arg-type]
 
     def sample_indices(self, total_frames: int) -> list[int]:
         """Indices of the frames to keep: ``round(i * (T - 1) / (n - 1))``."""
@@ -102,19 +77,22 @@ class Tarsier2FrameOptions:
             raise ValueError(
                 f"Expected a video with at least one frame, got {total_frames}"
             )
-        if total_frames <= self.num_frames:
-            return list(range(total_frames))
-        if self.num_frames == 1:
-            return [0]
-        # One division per index, so that exact halves round to even.
-        last, steps = total_frames - 1, self.num_frames - 1
-        return [round(i * last / steps) for i in range(self.num_frames)]
+        # All frames of a shorter video, as the loader keeps them.
+        return TarsierVideoBackend.sample_indices(total_frames, self.num_frames)
 
     def max_pixels(self, num_duplicated_frames: int) -> float:
         """Pixel cap of each frame of an item with that many frames fed."""
         return min(
             self.max_frame_pixels, self.max_sample_pixels / num_duplicated_frames
         )
+
+
+def check_positive(key: str, value: object, integer: bool = False) -> None:
+    """Reject a processor kwarg that is not a positive number (or integer)."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
+        kind = "integer" if integer else "number"
+        raise ValueError(f"Expected `{key}` to be a positive {kind}, got {value!r}")
 
 
 def fit_to_pixels(height: int, width: int, max_pixels: float) -> tuple[int, int]:
@@ -361,7 +339,8 @@ class Tarsier2ProcessingInfo(Qwen2VLProcessingInfo):
             )
         self.get_frame_options(mm_kwargs)
         for key in ("min_pixels", "max_pixels"):
-            Tarsier2FrameOptions.read_pixels(merged, key, 1)
+            if merged.get(key) is not None:
+                check_positive(key, merged[key])
 
     def get_frame_options(
         self, mm_kwargs: Mapping[str, object]

@@ -104,10 +104,10 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def llm() -> Iterator[LLM]:
+def llm(vllm_runner: type[VllmRunner]) -> Iterator[LLM]:
     with pytest.MonkeyPatch.context() as m:
         m.setenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
-        with VllmRunner(
+        with vllm_runner(
             MODEL_ID,
             dtype="float32",
             max_model_len=MAX_MODEL_LEN,

@@ -3,6 +3,7 @@
 """Tarsier2 in vLLM against an independent reference of the authors' pipeline
 (``tarsier2_reference.py``), token for token, in float32."""
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,9 @@ import pytest
 from PIL import Image
 
 from vllm import LLM, SamplingParams
-from vllm.distributed import cleanup_dist_env_and_memory
 from vllm.multimodal.utils import fetch_video
 
+from ....conftest import VllmRunner
 from ...utils import check_logprobs_close
 from .checkpoint_shards import same_weights, write_sharded_copy
 from .tarsier2_reference import Request, Tarsier2Reference, TokensTextLogprobs
@@ -77,19 +78,17 @@ LARGE_IMAGE = ("image", noise_image(3, 640, 480))
 
 
 @pytest.fixture(scope="module")
-def llm():
-    llm = LLM(
-        model=MODEL_ID,
+def llm(vllm_runner: type[VllmRunner]) -> Iterator[LLM]:
+    with vllm_runner(
+        MODEL_ID,
         dtype="float32",
         max_model_len=2048,
         max_num_seqs=8,
         enable_prefix_caching=True,
         limit_mm_per_prompt={"image": 2, "video": 1},
         seed=0,
-    )
-    yield llm
-    del llm
-    cleanup_dist_env_and_memory()
+    ) as runner:
+        yield runner.llm
 
 
 def run_vllm(llm: LLM, requests: list[Request]) -> list[TokensTextLogprobs]:
