@@ -210,6 +210,21 @@ def test_prompt_over_context_names_the_fixes(llm: LLM) -> None:
     assert "`max_model_len`" in message
 
 
+def test_rejected_prompt_leaves_the_cache_consistent(
+    llm: LLM, reference: TarsierReference
+) -> None:
+    # The same video (same processed item) first in a prompt too long for the
+    # context, then in one that fits: the second must get its data to the
+    # engine although the first was processed and rejected. A video no other
+    # test sent, so that neither cache holds it yet.
+    video = _video(np.random.RandomState(7), 12, 128, 72)
+    too_long = Case(VIDEO_PROMPT.replace("Describe", "Describe " * 400), video=video)
+    with pytest.raises(VLLMValidationError, match="1 video item"):
+        llm.generate(too_long.vllm_input(), SamplingParams(max_tokens=1))
+
+    _compare(llm, reference, [Case(VIDEO_PROMPT, video=video)])
+
+
 def test_reference_reads_a_sharded_checkpoint(
     reference: TarsierReference, tmp_path: Path
 ) -> None:
