@@ -102,7 +102,8 @@ def _time_reference(
     """Warm up on the first videos, then time whole-workload repetitions of
     `batch` over consecutive batches."""
     videos = make_videos(cfg)
-    batch(videos[: cfg.warmup_videos])
+    if cfg.warmup_videos:
+        batch(videos[: cfg.warmup_videos])
     progress("warm-up done")
 
     def run() -> dict[str, Any]:

@@ -96,7 +96,8 @@ def _time_vllm(
     llm: Any, prompts: list[Any], params: Any, cfg: BenchConfig
 ) -> dict[str, Any]:
     """Warm up on the first videos, then time whole-workload repetitions."""
-    llm.generate(prompts[: cfg.warmup_videos], params, use_tqdm=False)
+    if cfg.warmup_videos:
+        llm.generate(prompts[: cfg.warmup_videos], params, use_tqdm=False)
     progress("warm-up done")
     reps = timed_reps(
         cfg,
