@@ -6,14 +6,20 @@ the patch commit adds or changes, inside the materialized fork. In an upstream
 file the patch edits, only mypy errors on the patch's own lines count: the
 others are upstream's (they depend on the installed transformers) and are
 reported as such.
+
+With ``--each-pr``, the same runs on every commit of the PR series, each in a
+git worktree of the fork checked out at that commit, over what the series
+has changed up to it: each PR must pass on its own.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from forktool.cli import fork_dir, git, import_commit
@@ -44,8 +50,8 @@ def run(cmd: list[str], fork: Path, env: dict[str, str]) -> tuple[int, str]:
     return proc.returncode, proc.stdout
 
 
-def main() -> int:
-    fork = fork_dir()
+def lint(fork: Path) -> int:
+    """Lint the Python files the series changes, up to the fork's HEAD."""
     added = changed_python_files(fork, "A")
     modified = changed_python_files(fork, "M")
     files = added + modified
@@ -80,6 +86,35 @@ def main() -> int:
               "edited upstream files (not the patch's; ignored)")
     print(f"lint: {len(files)} files, {'FAILED' if failed else 'clean'}")
     return 1 if failed else 0
+
+
+def lint_each_pr(fork: Path) -> int:
+    base = import_commit(fork)
+    commits = git(fork, "rev-list", "--reverse", f"{base}..HEAD").split()
+    failed = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, commit in enumerate(commits, 1):
+            subject = git(fork, "log", "-1", "--format=%s", commit).strip()
+            print(f"lint: PR {n}/{len(commits)}: {subject}", flush=True)
+            tree = Path(tmp) / f"pr{n}"
+            git(fork, "worktree", "add", "-q", "--detach", str(tree), commit)
+            try:
+                if lint(tree):
+                    failed.append(n)
+            finally:
+                git(fork, "worktree", "remove", "--force", str(tree))
+    print(f"lint: {len(commits)} PRs, "
+          + (f"FAILED: {failed}" if failed else "each clean"))
+    return 1 if failed else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m forktool.lint")
+    parser.add_argument("--each-pr", action="store_true",
+                        help="lint every commit of the series on its own")
+    args = parser.parse_args()
+    fork = fork_dir()
+    return lint_each_pr(fork) if args.each_pr else lint(fork)
 
 
 if __name__ == "__main__":
