@@ -29,8 +29,8 @@ rejected, and the fixes are fewer frames (`mm_processor_kwargs={"num_frames":
 ...}`) or a larger `--max-model-len` together with
 `VLLM_ALLOW_LONG_MAX_MODEL_LEN=1`, for which `TarsierConfig` in models/config.py
 sizes the LM's RoPE cache so that positions past 4,096 are computed as in the
-reference. Memory profiling
-uses a video with as many frames as fit the context.
+reference. Memory profiling uses a video with as many frames as fit the
+context.
 """
 
 import math
