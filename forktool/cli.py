@@ -328,8 +328,9 @@ def create_fork(pins: Pins) -> Path:
     return fork
 
 
-def build_series_commits(fork: Path, pins: Pins, digest: str) -> None:
-    """Reset the fork to the import and commit each PR of the series on it."""
+def build_series_commits(fork: Path, pins: Pins, digest: str) -> int:
+    """Reset the fork to the import and commit each PR of the series on it;
+    return the number of PRs."""
     series = load_series()
     base = import_commit(fork)
     # Put back upstream's copy of the runtime-replaced files before resetting.
@@ -350,6 +351,7 @@ def build_series_commits(fork: Path, pins: Pins, digest: str) -> None:
         raise
     write_stamp(fork, overlay=digest)
     link_runtime(fork, pins, quiet=True)
+    return len(series)
 
 
 def materialize(pins: Pins, force: bool = False, download: bool = True) -> Path:
@@ -365,7 +367,7 @@ def materialize(pins: Pins, force: bool = False, download: bool = True) -> Path:
                             "`python3 -m forktool materialize` first.")
         fork = create_fork(pins)
     elif read_stamp(fork).get("overlay") == digest and not dirty_paths(fork, pins):
-        log(f"{fork} is up to date (vLLM {pins.version} + patch); nothing to do")
+        log(f"{fork} is up to date (vLLM {pins.version} + the series); nothing to do")
         return fork
     else:
         dirty = dirty_paths(fork, pins)
@@ -375,8 +377,8 @@ def materialize(pins: Pins, force: bool = False, download: bool = True) -> Path:
                 + "\n  ".join(dirty[:20])
                 + "\nRun `python3 -m forktool refresh` to keep them, or "
                 "`python3 -m forktool sync --force` to discard them.")
-    build_series_commits(fork, pins, digest)
-    log(f"{fork}: vLLM {pins.version} + {len(load_series())} PRs "
+    num_prs = build_series_commits(fork, pins, digest)
+    log(f"{fork}: vLLM {pins.version} + {num_prs} PRs "
         f"({len(overlay_files())} new files, {len(patch_files())} patches)")
     return fork
 
