@@ -538,6 +538,23 @@ def patch_sections(patch: Path) -> dict[str, str]:
             for part in parts if part}
 
 
+def still_exact(fork: Path, env: dict[str, str], section: str, rel: str
+                ) -> bool:
+    """Whether a patch's diff for `rel`, applied on the scratch index, still
+    gives the fork's file. Refresh then keeps it as it is: its hunks may carry
+    less context on purpose, so that they apply to later releases too."""
+    with tempfile.TemporaryDirectory() as tmp:
+        index, diff = Path(tmp) / "index", Path(tmp) / "section.patch"
+        shutil.copy(env["GIT_INDEX_FILE"], index)
+        diff.write_text(section)
+        scratch = env | {"GIT_INDEX_FILE": str(index)}
+        applied = run(["git", "apply", "--cached", str(diff)], cwd=fork,
+                      env=scratch, check=False)
+        return applied.returncode == 0 and run(
+            ["git", "diff", "--quiet", "--", rel], cwd=fork, env=scratch,
+            check=False).returncode == 0
+
+
 def refresh(pins: Pins) -> None:
     """Turn edits made inside build/fork back into the repository.
 
@@ -601,6 +618,8 @@ def refresh(pins: Pins) -> None:
             sections = patch_sections(patch) if patch.exists() else {}
             for rel, owner in last_owner.items():
                 if owner != patch:
+                    continue
+                if rel in sections and still_exact(fork, env, sections[rel], rel):
                     continue
                 diff = run(["git", "diff", "--no-color", "--no-ext-diff", "--",
                             rel], cwd=fork, env=env).stdout
