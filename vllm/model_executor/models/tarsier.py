@@ -171,21 +171,14 @@ class TarsierProcessingInfo(LlavaProcessingInfo):
     def get_video_loader_kwargs(
         self, mm_processor_kwargs: Mapping[str, object]
     ) -> dict[str, Any]:
-        """Decode only the frames this request samples from a video URL.
-
-        A request whose videos could never fit the context is rejected here,
-        before any frame is decoded."""
-        num_frames = self.get_num_frames(mm_processor_kwargs)
-        frame_tokens = self.get_max_image_tokens()
-        max_model_len = self.ctx.model_config.max_model_len
-        if num_frames * frame_tokens > max_model_len:
-            raise ValueError(
-                f"A video of {num_frames} frames takes {num_frames * frame_tokens} "
-                f"tokens ({frame_tokens} per frame), more than the maximum model "
-                f"length of {max_model_len}: ask for at most "
-                f"{max_model_len // frame_tokens} frames with `num_frames`."
-            )
-        return {"video_backend": "tarsier", "num_frames": num_frames}
+        """Decode only the frames this request samples from a video URL; the
+        loader rejects, before decoding, frames that could never fit."""
+        return {
+            "video_backend": "tarsier",
+            "num_frames": self.get_num_frames(mm_processor_kwargs),
+            "frame_tokens": self.get_max_image_tokens(),
+            "max_model_len": self.ctx.model_config.max_model_len,
+        }
 
     def get_pad_to_square(self, mm_kwargs: Mapping[str, object]) -> bool:
         pad_to_square = self.ctx.get_merged_mm_kwargs(mm_kwargs).get(

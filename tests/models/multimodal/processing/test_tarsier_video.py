@@ -20,16 +20,23 @@ import pytest
 import torch
 from PIL import Image
 
+from vllm.config import VllmConfig
 from vllm.model_executor.models.tarsier2 import Tarsier2Processor
-from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.processing import BaseMultiModalProcessor
-from vllm.multimodal.video import VIDEO_LOADER_REGISTRY
-from vllm.renderers.chat_utils import parse_chat_messages, parse_chat_messages_async
+from vllm.multimodal.video import VIDEO_LOADER_REGISTRY, TarsierVideoBackend
+from vllm.renderers import BaseRenderer, renderer_from_config
+from vllm.renderers.params import ChatParams
 
 from ...utils import build_model_context
 
 TARSIER = "omni-research/Tarsier-7b"
 TARSIER2 = "omni-research/Tarsier2-Recap-7b"
+# The published checkpoints ship no chat template: the ones in examples/.
+EXAMPLES = Path(__file__).parents[4] / "examples"
+TEMPLATES = {
+    TARSIER: EXAMPLES / "template_tarsier.jinja",
+    TARSIER2: EXAMPLES / "template_tarsier2.jinja",
+}
 LENGTHS = [1, 7, 30, 301]
 NUM_FRAMES = [1, 3, 8, 16]
 FORMATS = ["mp4", "gif"]
@@ -159,7 +166,14 @@ def long_context() -> Iterator[None]:
         yield
 
 
-def _processor(model_id: str, tmp: Path) -> BaseMultiModalProcessor:
+def _params(renderer: BaseRenderer, **mm_kwargs: Any) -> ChatParams:
+    model_id = renderer.model_config.model
+    return ChatParams(
+        chat_template=TEMPLATES[model_id].read_text(), mm_processor_kwargs=mm_kwargs
+    )
+
+
+def _renderer(model_id: str, tmp: Path) -> BaseRenderer:
     ctx = build_model_context(
         model_id,
         dtype="float32",
@@ -169,23 +183,21 @@ def _processor(model_id: str, tmp: Path) -> BaseMultiModalProcessor:
         },
         limit_mm_per_prompt={"video": 1},
     )
-    return MULTIMODAL_REGISTRY.create_processor(ctx.model_config)
+    return renderer_from_config(VllmConfig(model_config=ctx.model_config))
 
 
 @pytest.fixture(scope="module")
-def processors(
+def renderers(
     long_context: None, videos: dict[tuple[str, int], Path]
-) -> dict[str, BaseMultiModalProcessor]:
+) -> dict[str, BaseRenderer]:
     folder = next(iter(videos.values())).parent
-    return {m: _processor(m, folder) for m in (TARSIER, TARSIER2)}
+    return {m: _renderer(m, folder) for m in (TARSIER, TARSIER2)}
 
 
-def _chat(
-    processor: BaseMultiModalProcessor, path: Path, n: int
-) -> tuple[Any, dict[str, Any]]:
-    """A chat message with a video URL through vLLM's chat parsing: MP4s as
-    file URLs through `LLM.chat`'s parser, GIFs as data URLs through the
-    server's (async) one."""
+def _chat(renderer: BaseRenderer, path: Path, n: int) -> tuple[Any, dict[str, Any]]:
+    """A chat message with a video URL through vLLM's renderer, as `LLM.chat`
+    and the server render it: MP4s as file URLs synchronously, GIFs as data
+    URLs through the async path."""
     url = path.as_uri() if path.suffix == ".mp4" else data_url(path)
     messages: Any = [
         {
@@ -197,32 +209,26 @@ def _chat(
         }
     ]
     mm_kwargs = {"num_frames": n}
-    model_config = processor.info.ctx.model_config
+    params = _params(renderer, **mm_kwargs)
     if path.suffix == ".mp4":
-        _, mm_data, _ = parse_chat_messages(
-            messages, model_config, "openai", mm_processor_kwargs=mm_kwargs
-        )
+        _, prompt = renderer.render_messages(messages, params)
     else:
-        _, mm_data, _ = asyncio.run(
-            parse_chat_messages_async(
-                messages, model_config, "openai", mm_processor_kwargs=mm_kwargs
-            )
-        )
+        _, prompt = asyncio.run(renderer.render_messages_async(messages, params))
+    mm_data = prompt.get("multi_modal_data")
     assert mm_data is not None
-    video = mm_data["video"]
-    return video, mm_kwargs
+    return mm_data["video"], mm_kwargs
 
 
 @VIDEO_CASES
 def test_tarsier_gets_the_authors_frames(
-    processors: dict[str, BaseMultiModalProcessor],
+    renderers: dict[str, BaseRenderer],
     videos: dict[tuple[str, int], Path],
     fmt: str,
     total: int,
     n: int,
 ) -> None:
-    processor = processors[TARSIER]
-    video, mm_kwargs = _chat(processor, videos[fmt, total], n)
+    video, mm_kwargs = _chat(renderers[TARSIER], videos[fmt, total], n)
+    processor = renderers[TARSIER].get_mm_processor()
     outputs = processor(
         "USER: <video>\nDescribe the video. ASSISTANT: ",
         mm_items=processor.info.parse_mm_data({"video": video}),
@@ -240,15 +246,15 @@ def test_tarsier_gets_the_authors_frames(
 
 @VIDEO_CASES
 def test_tarsier2_gets_the_authors_frames(
-    processors: dict[str, BaseMultiModalProcessor],
+    renderers: dict[str, BaseRenderer],
     videos: dict[tuple[str, int], Path],
     monkeypatch: pytest.MonkeyPatch,
     fmt: str,
     total: int,
     n: int,
 ) -> None:
-    processor = processors[TARSIER2]
-    video, mm_kwargs = _chat(processor, videos[fmt, total], n)
+    video, mm_kwargs = _chat(renderers[TARSIER2], videos[fmt, total], n)
+    processor: BaseMultiModalProcessor = renderers[TARSIER2].get_mm_processor()
 
     fed: list[np.ndarray] = []
     prepare_video = Tarsier2Processor.prepare_video
@@ -273,8 +279,22 @@ def test_tarsier2_gets_the_authors_frames(
 
 
 def test_tarsier_rejects_frames_that_cannot_fit_before_decoding(
-    processors: dict[str, BaseMultiModalProcessor],
+    renderers: dict[str, BaseRenderer],
+    videos: dict[tuple[str, int], Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    processor = processors[TARSIER]
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a frame was decoded")
+
+    monkeypatch.setattr(TarsierVideoBackend, "_load_opencv", never)
     with pytest.raises(ValueError, match="ask for at most 16 frames"):
-        _chat(processor, Path("/nonexistent/never-read.mp4"), 3000)
+        _chat(renderers[TARSIER], videos["mp4", 30], 3000)
+
+
+def test_a_request_without_a_video_is_not_rejected_for_its_frames(
+    renderers: dict[str, BaseRenderer],
+) -> None:
+    params = _params(renderers[TARSIER], num_frames=3000)
+    messages: Any = [{"role": "user", "content": "Describe a video."}]
+    _, prompt = renderers[TARSIER].render_messages(messages, params)
+    assert not prompt.get("multi_modal_data")
