@@ -15,7 +15,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 2
 export PYTHONHASHSEED := 0
 PYTEST_FLAGS ?= -q -p no:cacheprovider
 
-.PHONY: venv fork fixtures setup test test-tool test-fork lint build-check gpu-test caption bench export check clean
+.PHONY: venv fork fixtures setup test test-tool test-fork test-quantized lint build-check gpu-test caption bench export check clean
 
 $(VENV)/.installed: forktool/requirements.lock
 	rm -rf $(VENV)
@@ -33,10 +33,16 @@ fixtures: venv
 setup: fork fixtures
 
 test: setup
-	$(MAKE) --no-print-directory test-tool test-fork lint build-check
+	$(MAKE) --no-print-directory test-tool test-fork test-quantized lint build-check
 
 test-tool:
 	$(VPY) -m pytest $(PYTEST_FLAGS) forktool/tests
+
+# A 4-bit AWQ copy of the tiny Tarsier-7b (fixtures/quantized.py) through vLLM's
+# CPU AWQ kernel, against the reference on its dequantized weights. Repository
+# code, so not in the overlay; it runs from the fork's root for vLLM's tests tree.
+test-quantized:
+	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) $(abspath fixtures/tests)
 
 # vLLM's own model tests, for the Tarsier ids and the LLaVA baseline, then the
 # patch's own tests.
