@@ -44,10 +44,20 @@ test-tool:
 test-quantized:
 	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) $(abspath fixtures/tests)
 
-# vLLM's own model tests, for the Tarsier ids and the LLaVA baseline, then the
-# patch's own tests.
+# vLLM's own model tests, for the Tarsier ids, the LLaVA baseline and Tarsier's
+# relatives (Qwen2-VL, Qwen2.5-VL, LLaVA-NeXT), then the patch's own tests.
 UPSTREAM_MM_TESTS := tests/models/multimodal/processing/test_common.py \
-  tests/models/test_initialization.py
+  tests/models/test_initialization.py tests/models/multimodal/processing/test_qwen2_vl.py \
+  tests/models/multimodal/processing/test_llava_next.py
+# Left out: test_qwen2_vl.py's cases on vLLM's downloaded image assets and Jina's
+# reranker (offline), and Qwen2-VL's test_initialization (it profiles a 32k-token
+# video through the encoder: ~3-4 min on 2 cores; test_tensor_schema builds it).
+RELATIVES_K := Qwen2-VL-2B-Instruct or Qwen2.5-VL-3B-Instruct or llava-v1.6-mistral-7b-hf \
+  or Qwen2_5_VLForConditionalGeneration or LlavaNextForConditionalGeneration
+QWEN2_VL_UNIT_K := test_complete_mm_processor_size_aliases or test_get_vision_size \
+  or test_merge_and_resolve_mm_processor_kwargs or test_get_vision_info_reads
+QWEN2_VL_OFFLINE_K := test_processor_override or test_get_image_size_with_most_features \
+  or test_mm_device_do_normalize
 # The patch's own tests, listed from the overlay (they are copied into the fork).
 TARSIER_TESTS := $(wildcard tests/models/multimodal/*/test_tarsier*.py \
   tests/entrypoints/multimodal/openai/test_tarsier*.py tests/transformers_utils/test_tarsier*.py)
@@ -55,11 +65,13 @@ test-fork:
 	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) tests/models/test_registry.py \
 	  -k "not test_registry_imports or Tarsier or LlavaForConditionalGeneration"
 	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) $(UPSTREAM_MM_TESTS) \
-	  -k "llava-1.5-7b-hf or LlavaForConditionalGeneration or Tarsier"
+	  -k "(llava-1.5-7b-hf or LlavaForConditionalGeneration or Tarsier or $(RELATIVES_K) \
+	  or $(QWEN2_VL_UNIT_K)) and not ($(QWEN2_VL_OFFLINE_K))"
 	@# Its own process: it forks per test, and a fork of a process whose OpenMP
 	@# pool already ran (as after the tests above) can hang in torch ops.
 	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) \
-	  tests/models/multimodal/processing/test_tensor_schema.py -k "llava-1.5-7b-hf or Tarsier"
+	  tests/models/multimodal/processing/test_tensor_schema.py \
+	  -k "llava-1.5-7b-hf or Tarsier or $(RELATIVES_K)"
 	@# The server tests start `vllm serve` as vLLM's test utility does: from PATH.
 	$(if $(TARSIER_TESTS),cd $(FORK) && PATH="$(abspath $(VENV))/bin:$$PATH" \
 	  ../venv/bin/python -m pytest $(PYTEST_FLAGS) $(TARSIER_TESTS))
