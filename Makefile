@@ -45,15 +45,19 @@ test-quantized:
 	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) $(abspath fixtures/tests)
 
 # vLLM's own model tests, for the Tarsier ids, the LLaVA baseline and Tarsier's
-# relatives (Qwen2-VL, Qwen2.5-VL, LLaVA-NeXT), then the patch's own tests.
+# relatives (Qwen2-VL, Qwen2.5-VL, LLaVA-NeXT, DeepSeek-VL2), then the patch's tests.
 UPSTREAM_MM_TESTS := tests/models/multimodal/processing/test_common.py \
   tests/models/test_initialization.py tests/models/multimodal/processing/test_qwen2_vl.py \
   tests/models/multimodal/processing/test_llava_next.py
 # Left out: test_qwen2_vl.py's cases on vLLM's downloaded image assets and Jina's
 # reranker (offline), and Qwen2-VL's test_initialization (it profiles a 32k-token
-# video through the encoder: ~3-4 min on 2 cores; test_tensor_schema builds it).
+# video through the encoder: ~3-4 min on 2 cores; test_tensor_schema builds it), and
+# DeepSeek-VL2's (DeepseekVLV2ForCausalLM: vLLM builds the full SigLIP-SO400M tower
+# from timm whatever the config says and profiles its largest tiling: ~4 min on
+# 2 cores; test_tensor_schema builds it). Isotr0py's DeepSeek-VL2 id is not selected.
 RELATIVES_K := Qwen2-VL-2B-Instruct or Qwen2.5-VL-3B-Instruct or llava-v1.6-mistral-7b-hf \
-  or Qwen2_5_VLForConditionalGeneration or LlavaNextForConditionalGeneration
+  or Qwen2_5_VLForConditionalGeneration or LlavaNextForConditionalGeneration \
+  or deepseek-ai/deepseek-vl2-tiny
 QWEN2_VL_UNIT_K := test_complete_mm_processor_size_aliases or test_get_vision_size \
   or test_merge_and_resolve_mm_processor_kwargs or test_get_vision_info_reads
 QWEN2_VL_OFFLINE_K := test_processor_override or test_get_image_size_with_most_features \
