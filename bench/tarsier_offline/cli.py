@@ -51,9 +51,40 @@ def ensure_model(model: Path, family: str) -> None:
         sys.exit(f"could not write {model}; run `python -m fixtures.bench` first")
 
 
+def ensure_awq_model(model: Path, awq: Path) -> None:
+    """Write the 4-bit AWQ copy of the Tarsier benchmark checkpoint if missing."""
+    if (awq / "config.json").exists():
+        return
+    cmd = [sys.executable, "-m", "fixtures.quantized", "--src", str(model.resolve())]
+    cmd += ["--out", str(awq.resolve())]
+    print(f"{awq} is missing; running: {' '.join(cmd)}", flush=True)
+    if subprocess.run(cmd, cwd=REPO).returncode != 0:
+        sys.exit(f"could not write {awq}; run `python -m fixtures.quantized` first")
+
+
+def awq_kernel_missing_reason() -> str:
+    """Why vLLM's CPU backend cannot run AWQ here ("" if it can), as the
+    fixtures package (which the quantized test uses too) decides."""
+    code = "from fixtures.quantized import awq_kernel_missing_reason as r\n"
+    code += "print(r() or '')"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        sys.exit(f"could not check the CPU for the AWQ kernel:\n{out.stderr}")
+    return out.stdout.strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=DESCRIPTION.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("build/bench-model"))
+    parser.add_argument(
+        "--awq-model",
+        type=Path,
+        default=Path("build/bench-model-awq"),
+        help="the 4-bit AWQ copy of --model (written with fixtures.quantized "
+        "when missing)",
+    )
     parser.add_argument(
         "--tarsier2-model", type=Path, default=Path("build/bench-model-tarsier2")
     )
@@ -131,13 +162,19 @@ def main() -> None:
 
     start = time.perf_counter()
     load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    if {"tarsier", "reference", "llava", "processor"} & set(args.arms):
+    if "tarsier-awq" in args.arms and (reason := awq_kernel_missing_reason()):
+        print(f"Skipping the tarsier-awq arm: {reason}", flush=True)
+        args.arms.remove("tarsier-awq")
+    if {"tarsier", "tarsier-awq", "reference", "llava", "processor"} & set(args.arms):
         ensure_model(args.model, "tarsier")
+    if "tarsier-awq" in args.arms:
+        ensure_awq_model(args.model, args.awq_model)
     if {"tarsier2", "tarsier2-reference", "processor"} & set(args.arms):
         ensure_model(args.tarsier2_model, "tarsier2")
     dtype, dtype_reason = pick_dtype(args.dtype)
     cfg = BenchConfig(
         model=str(args.model.resolve()),
+        awq_model=str(args.awq_model.resolve()),
         tarsier2_model=str(args.tarsier2_model.resolve()),
         tarsier2_max_frame_pixels=args.tarsier2_max_frame_pixels,
         num_videos=args.num_videos,

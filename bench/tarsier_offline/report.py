@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .vllm_arms import awq_dtype
 from .workload import ARM_NAMES, FAMILIES, PROMPT, BenchConfig
 
 
@@ -59,6 +60,15 @@ def write_report(
         f"- Tarsier model: `{cfg.model}` ({meta['model']})",
         f"- Tarsier2 model: `{cfg.tarsier2_model}` ({meta['tarsier2_model']})",
         f"- dtype {cfg.dtype} ({meta['dtype_reason']})",
+        *(
+            [
+                f"- AWQ model: `{cfg.awq_model}` (the Tarsier model's decoder Linear "
+                "layers in 4-bit AWQ, group size 64, by `fixtures.quantized`; "
+                f"activations in {awq_dtype(cfg.dtype)})"
+            ]
+            if "tarsier-awq" in results
+            else []
+        ),
         f"- vLLM: {meta['vllm']}",
         f"- workload: {cfg.num_videos} videos of {cfg.source_frames} frames "
         f"{cfg.width}x{cfg.height}, {cfg.num_frames} sampled, greedy, "
@@ -114,6 +124,14 @@ def write_report(
             pairs = zip(metrics[num][col], metrics[den][col])
             rows.append(f"- {col}: {spread([a / b for a, b in pairs])}x")
         rows.append(f"- peak RSS: {peaks[num] / peaks[den]:.2f}x")
+        if (num, den) == ("tarsier-awq", "tarsier"):
+            # vLLM's CPU layers repack weights into oneDNN or kernel-specific
+            # handles, so the checkpoints are what can be compared.
+            a, b = checkpoint_bytes(cfg.awq_model), checkpoint_bytes(cfg.model)
+            rows.append(
+                f"- checkpoint size: {a / 2**20:.1f} MiB / {b / 2**20:.1f} MiB "
+                f"= {a / b:.2f}x"
+            )
         outputs = results[num]["reps"][-1]["outputs"]
         ref_outputs = results[den]["reps"][-1]["outputs"]
         rows += [f"- greedy outputs: {agreement(outputs, ref_outputs)}", ""]
@@ -121,6 +139,8 @@ def write_report(
 
     if {"tarsier", "reference"} <= set(gen_arms):
         lines += ratio_rows("tarsier", "reference", "Speed-up of the fork")
+    if {"tarsier-awq", "tarsier"} <= set(gen_arms):
+        lines += ratio_rows("tarsier-awq", "tarsier", "AWQ 4-bit vs unquantized")
     if {"tarsier2", "tarsier2-reference"} <= set(gen_arms):
         lines += ratio_rows(
             "tarsier2", "tarsier2-reference", "Speed-up of the fork, Tarsier2"
@@ -200,6 +220,10 @@ def plot(cfg: BenchConfig, results: dict[str, dict[str, Any]], path: Path) -> No
     )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def checkpoint_bytes(model: str) -> int:
+    return sum(f.stat().st_size for f in Path(model).glob("*.safetensors"))
 
 
 def model_summary(model: Path) -> str:

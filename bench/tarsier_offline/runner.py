@@ -35,6 +35,8 @@ def worker_main(arm: str, cfg: BenchConfig, out: Path) -> None:
 
     if arm == "tarsier":
         result = run_tarsier(cfg)
+    elif arm == "tarsier-awq":
+        result = run_tarsier(cfg, awq=True)
     elif arm == "reference":
         result = run_reference(cfg)
     elif arm == "tarsier2":

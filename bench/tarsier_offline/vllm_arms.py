@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
-"""The vLLM arms: ``tarsier`` and ``tarsier2`` (``LLM.generate`` on the video
-prompts) and ``llava`` (the Tarsier checkpoint seen as plain LLaVA, one image
-per frame followed by Tarsier's separator ids)."""
+"""The vLLM arms: ``tarsier``, ``tarsier-awq`` and ``tarsier2`` (``LLM.generate``
+on the video prompts) and ``llava`` (the Tarsier checkpoint seen as plain LLaVA,
+one image per frame followed by Tarsier's separator ids)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _llm(cfg: BenchConfig, model: str, limits: dict[str, int], **kwargs: Any) ->
 
     return LLM(
         model=model,
-        dtype=cfg.dtype,
+        dtype=kwargs.pop("dtype", cfg.dtype),
         seed=cfg.seed,
         limit_mm_per_prompt=limits,
         mm_processor_cache_gb=0,
@@ -49,11 +49,21 @@ def _vllm_stats(outputs: list[Any], cfg: BenchConfig) -> dict[str, Any]:
     }
 
 
-def run_tarsier(cfg: BenchConfig) -> dict[str, Any]:
+def awq_dtype(dtype: str) -> str:
+    """vLLM's AWQ layers take float16 or bfloat16 activations, not float32."""
+    return "float16" if dtype == "float32" else dtype
+
+
+def run_tarsier(cfg: BenchConfig, awq: bool = False) -> dict[str, Any]:
     from vllm import SamplingParams
 
     videos = make_videos(cfg)
-    llm = _llm(cfg, cfg.model, {"image": 0, "video": 1})
+    if awq:
+        llm = _llm(
+            cfg, cfg.awq_model, {"image": 0, "video": 1}, dtype=awq_dtype(cfg.dtype)
+        )
+    else:
+        llm = _llm(cfg, cfg.model, {"image": 0, "video": 1})
     progress("engine up")
     params = SamplingParams(
         temperature=0.0, max_tokens=cfg.max_new_tokens, ignore_eos=True

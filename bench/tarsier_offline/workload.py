@@ -19,22 +19,35 @@ from .references import tarsier_reference
 # The authors' prompt, trailing space included (the template renders it so).
 PROMPT = "USER: <video>\nDescribe the video in detail. ASSISTANT: "
 QUESTION = "Describe the video in detail."
-ARMS = ("tarsier", "reference", "llava", "tarsier2", "tarsier2-reference", "processor")
+ARMS = (
+    "tarsier",
+    "tarsier-awq",
+    "reference",
+    "llava",
+    "tarsier2",
+    "tarsier2-reference",
+    "processor",
+)
 PROGRESS = "@@bench-progress@@"
 ARM_NAMES = {
     "tarsier": "vLLM (fork), Tarsier",
+    "tarsier-awq": "vLLM (fork), Tarsier, AWQ 4-bit",
     "reference": "Transformers reference, Tarsier",
     "llava": "vLLM (fork), plain LLaVA",
     "tarsier2": "vLLM (fork), Tarsier2",
     "tarsier2-reference": "Transformers reference, Tarsier2",
 }
 # Arms that must see the same prompt and generated tokens.
-FAMILIES = (("tarsier", "reference", "llava"), ("tarsier2", "tarsier2-reference"))
+FAMILIES = (
+    ("tarsier", "tarsier-awq", "reference", "llava"),
+    ("tarsier2", "tarsier2-reference"),
+)
 
 
 @dataclasses.dataclass
 class BenchConfig:
     model: str
+    awq_model: str
     tarsier2_model: str
     tarsier2_max_frame_pixels: int
     num_videos: int
