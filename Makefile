@@ -1,5 +1,5 @@
 # Two commands (see README.md):
-#   make caption [MODEL=/path/to/checkpoint] [VIDEO=/path/to/video.mp4]
+#   make caption [MODEL=/path/to/checkpoint] [VIDEO=/path/to/video.mp4] [ARGS=...]
 #   make test
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -15,7 +15,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 2
 export PYTHONHASHSEED := 0
 PYTEST_FLAGS ?= -q -p no:cacheprovider
 
-.PHONY: venv fork fixtures setup test test-tool test-fork test-quantized lint build-check gpu-test caption bench export check clean
+.PHONY: venv fork fixtures setup test test-tool test-fork test-quantized test-caption lint build-check gpu-test caption bench export check clean
 
 $(VENV)/.installed: forktool/requirements.lock
 	rm -rf $(VENV)
@@ -33,7 +33,7 @@ fixtures: venv
 setup: fork fixtures
 
 test: setup
-	$(MAKE) --no-print-directory test-tool test-fork test-quantized lint build-check
+	$(MAKE) --no-print-directory test-tool test-fork test-quantized test-caption lint build-check
 
 test-tool:
 	$(VPY) -m pytest $(PYTEST_FLAGS) forktool/tests
@@ -42,7 +42,14 @@ test-tool:
 # CPU AWQ kernel, against the reference on its dequantized weights. Repository
 # code, so not in the overlay; it runs from the fork's root for vLLM's tests tree.
 test-quantized:
-	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) $(abspath fixtures/tests)
+	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) \
+	  $(abspath fixtures/tests/test_quantized_tarsier.py)
+
+# `make caption` for both families, as a newcomer runs it: the authors' prompt
+# tokens and frames (fixtures/tests/test_make_caption.py).
+test-caption:
+	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) \
+	  $(abspath fixtures/tests/test_make_caption.py)
 
 # vLLM's own model tests, for the Tarsier ids, the LLaVA baseline and Tarsier's
 # relatives (Qwen2-VL, Qwen2.5-VL, LLaVA-NeXT, DeepSeek-VL2), then the patch's tests.
@@ -94,7 +101,7 @@ gpu-test:
 	bash forktool/gpu_test.sh
 
 CAPTION_FLAGS := $(if $(MODEL),--model $(if $(wildcard $(MODEL)),$(abspath $(MODEL)),$(MODEL))) \
-  $(if $(VIDEO),--video $(abspath $(VIDEO)))
+  $(if $(VIDEO),--video $(abspath $(VIDEO))) $(ARGS)
 caption: setup
 	cd $(FORK) && ../venv/bin/python examples/generate/multimodal/tarsier_video_caption.py $(CAPTION_FLAGS)
 

@@ -2,11 +2,13 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """Caption a video with Tarsier or Tarsier2, the way the authors' pipeline does.
 
-vLLM's `tarsier` video loader reads the file's frame count T and decodes only
-the frames the authors' pipeline samples, `round(i * (T - 1) / (n - 1))` with
-n = 8 for Tarsier and 16 for Tarsier2 (first and last included); the model's
-processor preprocesses them as the reference does. Memory does not grow with
-the length of the video.
+The video goes in as a chat message, as to `vllm serve`: vLLM's `tarsier`
+video loader reads the file's frame count T and decodes only the frames the
+authors' pipeline samples, `round(i * (T - 1) / (n - 1))` with n = 8 for
+Tarsier and 16 for Tarsier2 (first and last included); the model's processor
+preprocesses them as the reference does, and the chat template (next to these
+examples) gives the authors' prompt tokens. Memory does not grow with the
+length of the video.
 
 Usage:
     python tarsier_video_caption.py --model omni-research/Tarsier-7b \
@@ -23,7 +25,6 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -31,16 +32,19 @@ import numpy.typing as npt
 DEFAULT_QUESTION = "Describe the video in detail."
 
 
-def load_video(path: str, num_frames: int) -> tuple[Any, dict[str, Any]]:
-    """The sampled frames of a video file and their metadata, through vLLM's
-    `tarsier` loader."""
-    from vllm.multimodal.utils import fetch_video
+def video_info(path: str, num_frames: int) -> tuple[int, int, int, list[int]]:
+    """Frame count, width and height from the file's header, and the frames
+    the `tarsier` loader samples from them (it decodes only those)."""
+    import cv2
 
-    video = fetch_video(
-        Path(path).resolve().as_uri(),
-        {"video_backend": "tarsier", "num_frames": num_frames},
-    )
-    return video.media
+    from vllm.multimodal.video import TarsierVideoBackend
+
+    cap = cv2.VideoCapture(path)
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+    height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    cap.release()
+    return total, width, height, TarsierVideoBackend.sample_indices(total, num_frames)
 
 
 def write_mp4(path: str, video: npt.NDArray[np.uint8], fps: int = 8) -> None:
@@ -83,14 +87,12 @@ def is_tarsier2(model: str) -> bool:
     return "Tarsier2ForConditionalGeneration" in (config.architectures or [])
 
 
-def build_prompt(tarsier2: bool, question: str) -> str:
-    if tarsier2:
-        return (
-            "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>"
-            f"{question}<|im_end|>\n<|im_start|>assistant\n"
-        )
-    # The reference ends with "ASSISTANT: " (trailing space).
-    return f"USER: <video>\n{question} ASSISTANT: "
+def chat_template(tarsier2: bool) -> str:
+    """The authors' prompt format, shipped next to these examples: Tarsier's
+    checkpoints carry no chat template, and vLLM tokenizes the rendered chat
+    exactly as the authors' code tokenizes its prompt."""
+    name = "template_tarsier2.jinja" if tarsier2 else "template_tarsier.jinja"
+    return (Path(__file__).resolve().parents[2] / name).read_text()
 
 
 def main(args: argparse.Namespace) -> None:
@@ -103,40 +105,48 @@ def main(args: argparse.Namespace) -> None:
         if path is None:
             path = os.path.join(tmp, "synthetic.mp4")
             write_mp4(path, synthetic_video())
-        frames, metadata = load_video(path, num_frames)
-    source = args.video or "synthetic 24-frame 320x180 clip"
-    processor_kwargs = {}
-    if args.num_frames is not None:
-        processor_kwargs["num_frames"] = args.num_frames
+        path = str(Path(path).resolve())
+        total, width, height, indices = video_info(path, num_frames)
+        source = args.video or "synthetic 24-frame 320x180 clip"
+        processor_kwargs = {}
+        if args.num_frames is not None:
+            processor_kwargs["num_frames"] = args.num_frames
 
-    start = time.perf_counter()
-    llm = LLM(
-        model=args.model,
-        max_model_len=args.max_model_len,
-        limit_mm_per_prompt={"video": 1, "image": 0},
-        mm_processor_kwargs=processor_kwargs or None,
-        dtype=args.dtype,
-        seed=0,
-    )
-    load_s = time.perf_counter() - start
+        start = time.perf_counter()
+        llm = LLM(
+            model=args.model,
+            max_model_len=args.max_model_len,
+            limit_mm_per_prompt={"video": 1, "image": 0},
+            mm_processor_kwargs=processor_kwargs or None,
+            allowed_local_media_path=os.path.dirname(path),
+            dtype=args.dtype,
+            seed=0,
+        )
+        load_s = time.perf_counter() - start
 
-    prompt = build_prompt(tarsier2, args.question)
-    sampling = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
-    start = time.perf_counter()
-    (output,) = llm.generate(
-        {"prompt": prompt, "multi_modal_data": {"video": (frames, metadata)}}, sampling
-    )
-    generate_s = time.perf_counter() - start
+        messages = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "video_url", "video_url": {"url": Path(path).as_uri()}},
+                    {"type": "text", "text": args.question},
+                ],
+            }
+        ]
+        sampling = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
+        start = time.perf_counter()
+        (output,) = llm.chat(
+            messages, sampling, chat_template=chat_template(tarsier2), use_tqdm=False
+        )
+        generate_s = time.perf_counter() - start
 
     completion = output.outputs[0]
     print("=" * 72)
     print(f"model:       {args.model} ({'Tarsier2' if tarsier2 else 'Tarsier'})")
-    print(
-        f"video:       {source}, {metadata['total_num_frames']} frames of "
-        f"{frames.shape[2]}x{frames.shape[1]}"
-    )
-    print(f"sampled:     {num_frames} frames, decoded {metadata['frames_indices']}")
-    print(f"prompt:      {prompt!r}")
+    print(f"video:       {source}, {total} frames of {width}x{height}")
+    print(f"sampled:     {num_frames} frames, decoded {indices}")
+    print(f"prompt:      {output.prompt!r}")
+    print(f"token ids:   {output.prompt_token_ids[:8]}...")
     print(
         f"tokens:      {len(output.prompt_token_ids)} prompt, "
         f"{len(completion.token_ids)} generated"
