@@ -93,7 +93,7 @@ def main() -> None:
         "--num-videos",
         type=int,
         default=16,
-        help="videos per repetition; 16 keeps the default run of six arms "
+        help="videos per repetition; 16 keeps the default run of seven arms "
         "within 15 minutes on 2 cores (32: about 18 minutes)",
     )
     parser.add_argument("--num-frames", type=int, default=8)
