@@ -58,12 +58,10 @@ def run_tarsier(cfg: BenchConfig, awq: bool = False) -> dict[str, Any]:
     from vllm import SamplingParams
 
     videos = make_videos(cfg)
-    if awq:
-        llm = _llm(
-            cfg, cfg.awq_model, {"image": 0, "video": 1}, dtype=awq_dtype(cfg.dtype)
-        )
-    else:
-        llm = _llm(cfg, cfg.model, {"image": 0, "video": 1})
+    model, dtype = (
+        (cfg.awq_model, awq_dtype(cfg.dtype)) if awq else (cfg.model, cfg.dtype)
+    )
+    llm = _llm(cfg, model, {"image": 0, "video": 1}, dtype=dtype)
     progress("engine up")
     params = SamplingParams(
         temperature=0.0, max_tokens=cfg.max_new_tokens, ignore_eos=True
