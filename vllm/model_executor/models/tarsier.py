@@ -13,7 +13,10 @@ LLaVA it:
   the prompt and the LM embeds them like text;
 - takes video as a native modality: `<video>` stands for the sampled frames
   back to back, sampled as the authors' pipeline does;
-- stretches every image and frame to a square before the CLIP processor.
+- stretches every image and frame to a square before the CLIP processor;
+- tokenizes prompts as the authors' pipeline does: `TarsierConfig` in
+  models/config.py selects the `tarsier` tokenizer mode
+  (vllm/tokenizers/tarsier.py), in which `<video>` is one token.
 
 Processor kwargs (`mm_processor_kwargs`, per model or per request):
 
@@ -34,7 +37,6 @@ context.
 """
 
 import math
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Annotated, Any, Literal, cast
@@ -447,33 +449,6 @@ class TarsierMultiModalProcessor(BaseLlavaMultiModalProcessor[TarsierProcessingI
                 replacement=get_video_replacement,
             ),
         ]
-
-    def _postprocess_prompt(self, prompt: list[int]) -> list[int]:
-        """Tokenize as the authors' pipeline does: it replaces `<video>` with
-        `<image>` before tokenizing, so the text around a video is split as
-        around an image. Each video is left as the tokens of `<video>`, the
-        target of its prompt update."""
-        tokenizer = self.info.get_tokenizer()
-        text = tokenizer.decode(prompt)
-        if _VIDEO_PLACEHOLDER not in text:
-            return prompt
-
-        image_token_id = self.info.get_hf_config().image_token_index
-        image_placeholder = tokenizer.decode([image_token_id])
-        placeholders = re.findall(
-            f"{re.escape(image_placeholder)}|{re.escape(_VIDEO_PLACEHOLDER)}", text
-        )
-        is_video: Iterator[bool] = (p == _VIDEO_PLACEHOLDER for p in placeholders)
-        new_prompt = list[int]()
-        for token_id in tokenizer.encode(
-            text.replace(_VIDEO_PLACEHOLDER, image_placeholder),
-            add_special_tokens=False,
-        ):
-            if token_id == image_token_id and next(is_video):
-                new_prompt.extend(self._get_video_target())
-            else:
-                new_prompt.append(token_id)
-        return new_prompt
 
 
 @MULTIMODAL_REGISTRY.register_processor(

@@ -8,16 +8,18 @@ Transformers' Llava, which lacks Tarsier's row and frame separators.
 """
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import sentencepiece as spm
 import torch
 from huggingface_hub import snapshot_download
 from PIL import Image
 from safetensors.torch import load_file
+from sentencepiece import sentencepiece_model_pb2
 from transformers import (
-    AutoTokenizer,
     CLIPImageProcessorPil,
     CLIPVisionConfig,
     CLIPVisionModel,
@@ -38,6 +40,57 @@ def reference_frame_indices(num_total: int, num_frames: int) -> list[int]:
     return [round(i * (num_total - 1) / (num_frames - 1)) for i in range(num_frames)]
 
 
+class AuthorsTokenizer:
+    """Tarsier's prompt ids as the authors' pipeline makes them, from the
+    checkpoint's `tokenizer.model` and `tokenizer_config.json` with the
+    SentencePiece library alone (no Transformers, no vLLM).
+
+    The authors' `LlavaProcessor` (Transformers 4.37.2) loads
+    `LlamaTokenizerFast`, converted from the SentencePiece model: the text is
+    split at added tokens (`<s>`, `</s>`, `<unk>`, `<image>`, ...), and each
+    other piece becomes `▁` + the piece with its spaces as `▁`, encoded by
+    the SentencePiece model; `<s>` comes first where `add_bos_token` (default
+    true) says so. Checked against Transformers 4.37.2 itself on the fixtures
+    of both Tarsier checkpoints (610 texts each, identical ids).
+    """
+
+    def __init__(self, path: Path) -> None:
+        proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]
+        proto.ParseFromString((path / "tokenizer.model").read_bytes())
+        # The `▁` is prepended to every piece below, so never by the model.
+        proto.normalizer_spec.add_dummy_prefix = False
+        self.sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+        config = json.loads((path / "tokenizer_config.json").read_text())
+        self.added = {
+            token["content"]: int(i)
+            for i, token in config["added_tokens_decoder"].items()
+        }
+        self.eos_token: str = config["eos_token"]
+        self.eos_token_id = self.added[self.eos_token]
+        self.bos_token_id = self.added[config["bos_token"]]
+        self.add_bos_token: bool = config.get("add_bos_token", True)
+        self.pad_token_id = self.added.get(config.get("pad_token", ""), 0)
+        longest_first = sorted(self.added, key=len, reverse=True)
+        self._split = re.compile("(" + "|".join(map(re.escape, longest_first)) + ")")
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        ids = [self.bos_token_id] if add_special_tokens and self.add_bos_token else []
+        for piece in self._split.split(text):
+            if piece in self.added:
+                ids.append(self.added[piece])
+            elif piece:
+                ids += self.sp.encode("\u2581" + piece.replace(" ", "\u2581"))
+        return ids
+
+    def decode(self, token_ids: list[int]) -> str:
+        text_ids = [t for t in token_ids if t < self.sp.get_piece_size()]
+        return self.sp.decode([t for t in text_ids if t not in self.added.values()])
+
+    def convert_ids_to_tokens(self, token_ids: list[int]) -> list[str]:
+        names = {i: token for token, i in self.added.items()}
+        return [names.get(t) or self.sp.id_to_piece(t) for t in token_ids]
+
+
 @dataclass
 class ReferenceOutput:
     token_ids: list[int]
@@ -56,7 +109,7 @@ class TarsierReference:
         if not path.is_dir():
             path = Path(snapshot_download(model))
         self.config = json.loads((path / "config.json").read_text())
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = AuthorsTokenizer(path)
         self.image_processor = CLIPImageProcessorPil.from_pretrained(path)
 
         # One file, or the shards published checkpoints have.
@@ -156,7 +209,7 @@ class TarsierReference:
         """`prompt` holds one `<image>` per frame, in order (the authors'
         pipeline expands `<video>` into `<image>` * num_frames)."""
         image_token = self.config["image_token_index"]
-        input_ids = self.tokenizer(prompt).input_ids
+        input_ids = self.tokenizer.encode(prompt)
         visual = iter(self.frame_embeddings(self.preprocess(frames, pad)))
 
         embed = self.lm.get_input_embeddings()

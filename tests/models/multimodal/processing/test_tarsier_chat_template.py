@@ -17,7 +17,9 @@ from typing import Any, Literal
 import numpy as np
 import pytest
 from PIL import Image
-from transformers import AutoTokenizer, LlamaTokenizer, PretrainedConfig
+from huggingface_hub import snapshot_download
+from tokenizers import Tokenizer
+from transformers import PretrainedConfig
 
 from vllm.config import VllmConfig
 from vllm.entrypoints.common.offline import OfflineInferenceMixin
@@ -25,9 +27,9 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from vllm.entrypoints.serve.tokenize.protocol import TokenizeChatRequest
 from vllm.renderers.online_renderer import OnlineRenderer
 from vllm.renderers.registry import renderer_from_config
-from vllm.tokenizers import cached_tokenizer_from_config
 
 from ...utils import build_model_context
+from ..generation.tarsier_reference import AuthorsTokenizer
 
 Family = Literal["tarsier", "tarsier2"]
 
@@ -60,17 +62,28 @@ QWEN_VISION = {
 
 @cache
 def authors_tokenizer(model_id: str) -> Any:
-    """The tokenizer the authors' code gets from a checkpoint.
-
-    Tarsier's checkpoints name `LlamaTokenizer` (SentencePiece, `legacy: false`):
-    the authors' Transformers builds it so that the first word of the text gets
-    SentencePiece's word-start mark and nothing after a special token does.
-    Transformers 5's `AutoTokenizer` loads a model of type "llava" with a generic
-    backend that marks no word start at all, so it cannot stand in for it.
-    """
+    """The tokenizer the authors' code gets from a checkpoint, independent of
+    vLLM's tokenizer loading: Tarsier's from SentencePiece with the authors'
+    rule (`AuthorsTokenizer`); Tarsier2's from its `tokenizer.json` with the
+    `tokenizers` library, which is what its fast tokenizer runs."""
+    path = Path(snapshot_download(model_id))
     if "Tarsier2" in model_id:
-        return AutoTokenizer.from_pretrained(model_id)
-    return LlamaTokenizer.from_pretrained(model_id)
+        return Tarsier2AuthorsTokenizer(path)
+    return AuthorsTokenizer(path)
+
+
+class Tarsier2AuthorsTokenizer:
+    """Qwen2-VL's tokenizer as its `tokenizer.json` defines it."""
+
+    def __init__(self, path: Path) -> None:
+        self.backend = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self.eos_token = "<|im_end|>"
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def convert_ids_to_tokens(self, token_ids: list[int]) -> list[str]:
+        return [self.backend.id_to_token(t) for t in token_ids]
 
 
 def _part_kind(part: Mapping[str, Any]) -> str | None:
@@ -151,17 +164,7 @@ def authors_prompt_ids(
     text = authors_prompt_text(
         family, conversation, eos_token=tokenizer.eos_token, num_frames=num_frames
     )
-    if family == "tarsier2":
-        return tokenizer.encode(text, add_special_tokens=False)
-    first = tokenizer.convert_ids_to_tokens(
-        tokenizer.encode("USER", add_special_tokens=False)
-    )
-    if not first[0].startswith("\u2581"):
-        raise ValueError(
-            f"Expected a tokenizer that marks the first word ('\u2581USER'), "
-            f"got {first}: load it with authors_tokenizer()."
-        )
-    return tokenizer.encode(text)
+    return tokenizer.encode(text, add_special_tokens=family == "tarsier")
 
 
 def collapse_visual_tokens(
@@ -359,76 +362,3 @@ def test_offline_chat_prompt_is_the_authors(
     got = collapse_visual_tokens(ids, online.model_config.hf_config)
     expected = _expected(model_id, messages)
     assert got == expected, (_describe(model_id, got), _describe(model_id, expected))
-
-
-@pytest.mark.parametrize(
-    "model_id", [m for m, family in MODELS.items() if family == "tarsier"]
-)
-def test_authors_tokenizer_is_sentencepiece(model_id: str) -> None:
-    """The reference tokenizer splits text as SentencePiece itself does with
-    `legacy: false`: a word-start mark on the text's first word only."""
-    import sentencepiece as spm
-    from huggingface_hub import snapshot_download
-    from sentencepiece import sentencepiece_model_pb2
-
-    proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString(
-        (Path(snapshot_download(model_id)) / "tokenizer.model").read_bytes()
-    )
-    proto.normalizer_spec.add_dummy_prefix = False
-    sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
-
-    tokenizer = authors_tokenizer(model_id)
-    text = authors_prompt_text(
-        "tarsier",
-        conversations("data:video/mp4;base64,")["multi_turn"],
-        eos_token=tokenizer.eos_token,
-    )
-    # Special tokens split the text; only its first piece starts a word.
-    pieces = text.replace("<image>", "\0<image>\0").replace(
-        tokenizer.eos_token, f"\0{tokenizer.eos_token}\0"
-    )
-    expected = [tokenizer.bos_token_id] if tokenizer.add_bos_token else []
-    for i, piece in enumerate(p for p in pieces.split("\0") if p):
-        if piece in ("<image>", tokenizer.eos_token):
-            expected.append(tokenizer.convert_tokens_to_ids(piece))
-        else:
-            expected += sp.encode(("\u2581" if i == 0 else "") + piece)
-    assert tokenizer.encode(text) == expected
-
-
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize(
-    "model_id", [m for m, family in MODELS.items() if family == "tarsier"]
-)
-def test_template_text_tokenizes_alike_with_either_loader(
-    model_id: str, case: str
-) -> None:
-    """The rendered text gives the same ids with the tokenizer vLLM loads
-    (Transformers 5's generic backend) and with the checkpoint's own
-    `LlamaTokenizer`, so the template holds if vLLM ever loads the latter."""
-    vllm_tokenizer = cached_tokenizer_from_config(
-        build_model_context(model_id).model_config
-    )
-    # The parts as vLLM hands them to the template.
-    messages = [
-        {
-            "role": message["role"],
-            "content": message["content"]
-            if isinstance(message["content"], str)
-            else [
-                {"type": kind} if (kind := _part_kind(part)) else part
-                for part in message["content"]
-            ],
-        }
-        for message in conversations("data:video/mp4;base64,")[case]
-    ]
-    text = vllm_tokenizer.apply_chat_template(
-        messages,
-        chat_template=TEMPLATES["tarsier"].read_text(),
-        tokenize=False,
-        add_generation_prompt=True,
-    )
-    assert vllm_tokenizer.encode(text, add_special_tokens=False) == authors_tokenizer(
-        model_id
-    ).encode(text, add_special_tokens=False)
