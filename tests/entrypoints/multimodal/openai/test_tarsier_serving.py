@@ -436,12 +436,47 @@ def test_sampling_several_choices(client: openai.OpenAI, family: Family) -> None
     assert output.usage.completion_tokens == 3 * MAX_TOKENS
 
 
-def test_completions_with_a_raw_prompt(client: openai.OpenAI, family: Family) -> None:
-    prompt = (
-        "<|im_start|>user\nWhat is a video?<|im_end|>\n<|im_start|>assistant\n"
-        if family.is_tarsier2
-        else "USER: What is a video? ASSISTANT: "
-    )
+RAW_PROMPTS = {
+    # name: (Tarsier's raw prompt, Tarsier2's)
+    "text_only": (
+        "USER: What is a video? ASSISTANT:",
+        "<|im_start|>user\nWhat is a video?<|im_end|>\n<|im_start|>assistant\n",
+    ),
+    "leading_space": (
+        " USER: What  is a video? ASSISTANT: ",
+        " <|im_start|>user\nWhat is a video?<|im_end|>\n<|im_start|>assistant\n",
+    ),
+}
+RAW_PLACEHOLDER_PROMPTS = {
+    "image": (
+        "USER: <image>\nWhat is it? ASSISTANT:",
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is it?"
+        "<|im_end|>\n<|im_start|>assistant\n",
+    ),
+    "video": (
+        "USER: <video>\nDescribe the video in detail. ASSISTANT:",
+        "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>Describe."
+        "<|im_end|>\n<|im_start|>assistant\n",
+    ),
+    "two_images": (
+        "USER: <image><image>\nCompare them. ASSISTANT:",
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+        "<|vision_start|><|image_pad|><|vision_end|>Compare them.<|im_end|>\n"
+        "<|im_start|>assistant\n",
+    ),
+}
+
+
+def _raw(prompts: tuple[str, str], family: Family) -> str:
+    return prompts[1] if family.is_tarsier2 else prompts[0]
+
+
+@pytest.mark.parametrize("case", list(RAW_PROMPTS))
+def test_completions_with_a_raw_prompt(
+    client: openai.OpenAI, family: Family, case: str
+) -> None:
+    """`/v1/completions` sends the authors' ids for a raw prompt."""
+    prompt = _raw(RAW_PROMPTS[case], family)
     output = client.completions.create(
         model=family.model,
         prompt=prompt,
@@ -449,12 +484,27 @@ def test_completions_with_a_raw_prompt(client: openai.OpenAI, family: Family) ->
         temperature=0.0,
         extra_body={"return_token_ids": True},
     )
-    # A raw prompt is tokenized as `LLM.generate` does: the checkpoint's
-    # tokenizer as Transformers loads it, adding the BOS for Tarsier.
     prompt_ids = output.choices[0].model_dump()["prompt_token_ids"]
-    assert prompt_ids == family.tokenizer(prompt).input_ids
+    assert prompt_ids == authors_tokenizer(family.model).encode(prompt)
     assert output.usage is not None
     assert output.usage.completion_tokens == MAX_TOKENS
+
+
+@pytest.mark.parametrize("case", list(RAW_PLACEHOLDER_PROMPTS))
+def test_tokenize_a_raw_prompt(
+    server: RemoteOpenAIServer, family: Family, case: str
+) -> None:
+    """`/tokenize` of a raw prompt with placeholders: the authors' ids, where
+    Tarsier's `<video>` is one token that splits the text as `<image>` does."""
+    prompt = _raw(RAW_PLACEHOLDER_PROMPTS[case], family)
+    got = tokenize(server, family, prompt=prompt)
+    expected = authors_tokenizer(family.model).encode(
+        prompt.replace("<video>", "<image>")
+    )
+    if not family.is_tarsier2:
+        (video,) = tokenize(server, family, prompt="<video>", add_special_tokens=False)
+        got = [family.pad_id("image") if t == video else t for t in got]
+    assert got == expected
 
 
 def test_same_output_alone_and_in_a_batch(

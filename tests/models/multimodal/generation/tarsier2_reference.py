@@ -25,13 +25,14 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 import torch
 from huggingface_hub import snapshot_download
 from PIL import Image
 from safetensors.torch import load_file
+from tokenizers import Tokenizer
 from transformers import (
-    AutoTokenizer,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
@@ -42,6 +43,34 @@ NUM_FRAMES, FRAME_PIXELS, SAMPLE_PIXELS = 16, 1280 * 720 / 2, 128 * 384 * 384
 
 TokensTextLogprobs = tuple[list[int], str, list[dict[int, float]]]
 Grid = tuple[int, int, int]
+
+
+class Tarsier2Tokenizer:
+    """The checkpoint's Qwen2 tokenizer as its `tokenizer.json` defines it (the
+    `tokenizers` library, which its fast tokenizer runs), and its chat template
+    rendered with Jinja: nothing of Transformers' or vLLM's tokenizer loading.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.backend = Tokenizer.from_file(str(path / "tokenizer.json"))
+        config = json.loads((path / "tokenizer_config.json").read_text())
+        self.eos_token: str = config["eos_token"]
+        # The Jinja options Transformers renders chat templates with.
+        environment = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+        self.chat_template = environment.from_string(config["chat_template"])
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Qwen2 adds no special tokens of its own."""
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.backend.decode(token_ids)
+
+    def convert_ids_to_tokens(self, token_ids: list[int]) -> list[str]:
+        return [self.backend.id_to_token(t) for t in token_ids]
+
+    def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
+        return self.chat_template.render(messages=messages, add_generation_prompt=True)
 
 
 @dataclass
@@ -99,7 +128,7 @@ class Tarsier2Reference:
         renamed = {self._rename(name): tensor for name, tensor in weights.items()}
         self.model.load_state_dict(renamed, strict=True)
 
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = Tarsier2Tokenizer(path)
         preprocessor = json.loads((path / "preprocessor_config.json").read_text())
         size = preprocessor.pop("size")
         self.pixels = Qwen2VLImageProcessorPil(
@@ -178,7 +207,7 @@ class Tarsier2Reference:
         self, request: Request, *, max_tokens: int, num_logprobs: int
     ) -> TokensTextLogprobs:
         """Greedy decoding, the whole sequence recomputed at every step."""
-        prompt = self.tokenizer(request.text)["input_ids"]
+        prompt = self.tokenizer.encode(request.text)
         pixel_values, grids = self.encode_visuals(request)
         ids = self.expand_placeholders(prompt, grids)
 

@@ -52,9 +52,7 @@ def chat_prompt(
     content = [{"type": modality} for modality, _ in visuals]
     content.append({"type": "text", "text": text})
     return reference.tokenizer.apply_chat_template(
-        [{"role": "user", "content": content}],
-        tokenize=False,
-        add_generation_prompt=True,
+        [{"role": "user", "content": content}]
     )
 
 

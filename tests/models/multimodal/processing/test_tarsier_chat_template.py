@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from PIL import Image
 from huggingface_hub import snapshot_download
-from tokenizers import Tokenizer
 from transformers import PretrainedConfig
 
 from vllm.config import VllmConfig
@@ -29,6 +28,7 @@ from vllm.renderers.online_renderer import OnlineRenderer
 from vllm.renderers.registry import renderer_from_config
 
 from ...utils import build_model_context
+from ..generation.tarsier2_reference import Tarsier2Tokenizer
 from ..generation.tarsier_reference import AuthorsTokenizer
 
 Family = Literal["tarsier", "tarsier2"]
@@ -68,22 +68,8 @@ def authors_tokenizer(model_id: str) -> Any:
     `tokenizers` library, which is what its fast tokenizer runs."""
     path = Path(snapshot_download(model_id))
     if "Tarsier2" in model_id:
-        return Tarsier2AuthorsTokenizer(path)
+        return Tarsier2Tokenizer(path)
     return AuthorsTokenizer(path)
-
-
-class Tarsier2AuthorsTokenizer:
-    """Qwen2-VL's tokenizer as its `tokenizer.json` defines it."""
-
-    def __init__(self, path: Path) -> None:
-        self.backend = Tokenizer.from_file(str(path / "tokenizer.json"))
-        self.eos_token = "<|im_end|>"
-
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=False).ids
-
-    def convert_ids_to_tokens(self, token_ids: list[int]) -> list[str]:
-        return [self.backend.id_to_token(t) for t in token_ids]
 
 
 def _part_kind(part: Mapping[str, Any]) -> str | None:
