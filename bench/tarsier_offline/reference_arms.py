@@ -47,7 +47,7 @@ def reference_batch(
     dtype = getattr(torch, cfg.dtype)
     image_token = ref.config["image_token_index"]
     text = PROMPT.replace("<video>", "<image>" * cfg.num_frames)
-    input_ids = ref.tokenizer(text).input_ids
+    input_ids = ref.tokenizer.encode(text)
     embed = ref.lm.get_input_embeddings()
     pad_id = ref.lm.config.pad_token_id or 0
 
@@ -162,7 +162,7 @@ def tarsier2_reference_batch(
     import torch
 
     Request = tarsier2_reference().Request
-    prompt = ref.tokenizer(text).input_ids
+    prompt = ref.tokenizer.encode(text)
     kwargs = tarsier2_kwargs(cfg)
     pixels, grids, samples = [], [], []
     for video in videos:

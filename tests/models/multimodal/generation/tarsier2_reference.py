@@ -55,6 +55,8 @@ class Tarsier2Tokenizer:
         self.backend = Tokenizer.from_file(str(path / "tokenizer.json"))
         config = json.loads((path / "tokenizer_config.json").read_text())
         self.eos_token: str = config["eos_token"]
+        self.eos_token_id = self.backend.token_to_id(self.eos_token)
+        self.pad_token_id = self.backend.token_to_id(config["pad_token"])
         # The Jinja options Transformers renders chat templates with.
         environment = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
         self.chat_template = environment.from_string(config["chat_template"])
