@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from huggingface_hub import snapshot_download
+from huggingface_hub import snapshot_download, try_to_load_from_cache
+from huggingface_hub.errors import HFValidationError
 from PIL import Image
 
+from vllm.config import ModelConfig, VllmConfig
 from vllm.exceptions import VLLMValidationError
 from vllm.inputs import MultiModalInput
 from vllm.model_executor.models.tarsier import sample_frame_indices
@@ -23,6 +25,7 @@ from vllm.multimodal.inputs import batched_tensors_equal
 from vllm.multimodal.processing import BaseMultiModalProcessor
 from vllm.renderers.hf import _detect_content_format
 
+from ...registry import HF_EXAMPLE_MODELS
 from ...utils import build_model_context
 from ..generation.tarsier_reference import AuthorsTokenizer
 from .test_common import _assert_inputs_equal
@@ -529,3 +532,41 @@ def test_chat_template_renders_reference_prompt(processor_7b: BaseMultiModalProc
         "<s>USER: Hi. ASSISTANT: Hello.</s>USER: <image><image>\nCompare them. "
         "ASSISTANT: "
     )
+
+
+# Tokenizer mode
+
+
+def _cached_example_ids() -> list[str]:
+    """The example checkpoints of vLLM's test registry in the local HF cache."""
+    ids = {
+        model_id
+        for info in HF_EXAMPLE_MODELS.hf_models.values()
+        for model_id in (info.default, *info.extras.values())
+    }
+
+    def cached(model_id: str) -> bool:
+        try:
+            return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
+        except HFValidationError:  # a local path or a placeholder
+            return False
+
+    return sorted(filter(cached, ids))
+
+
+@pytest.mark.parametrize("model_id", _cached_example_ids())
+def test_tarsier_tokenizer_mode_for_tarsier_only(model_id: str):
+    """Tarsier's config hook selects the `tarsier` tokenizer mode for Tarsier
+    (v1) checkpoints and leaves every other model's mode (so its tokenizer)
+    as vLLM chooses it, Tarsier2 (same `architectures` string) included."""
+    info = HF_EXAMPLE_MODELS.find_hf_info(model_id)
+    model_config = ModelConfig(
+        model_id,
+        tokenizer_mode="auto",
+        trust_remote_code=info.trust_remote_code,
+        hf_overrides=info.hf_overrides,
+    )
+    default_mode = model_config.tokenizer_mode
+    vllm_config = VllmConfig(model_config=model_config)
+    expected = "tarsier" if model_id in MODEL_IDS else default_mode
+    assert vllm_config.model_config.tokenizer_mode == expected
