@@ -71,7 +71,8 @@ QWEN2_VL_OFFLINE_K := test_processor_override or test_get_image_size_with_most_f
   or test_mm_device_do_normalize
 # The patch's own tests, listed from the overlay (they are copied into the fork).
 TARSIER_TESTS := $(wildcard tests/models/multimodal/*/test_tarsier*.py \
-  tests/entrypoints/multimodal/openai/test_tarsier*.py tests/transformers_utils/test_tarsier*.py)
+  tests/multimodal/test_tarsier*.py tests/entrypoints/multimodal/openai/test_tarsier*.py \
+  tests/transformers_utils/test_tarsier*.py)
 test-fork:
 	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) tests/models/test_registry.py \
 	  -k "not test_registry_imports or Tarsier or LlavaForConditionalGeneration"
