@@ -29,7 +29,7 @@ NUM_FRAMES = [1, 2, 8, 16]
 # name: (codec, container, encoder options); keyframes every 30 frames.
 CODECS: dict[str, tuple[str, str, dict[str, str]]] = {
     "h264_bframes": ("libx264", "mp4", {"g": "30", "bf": "3", "preset": "medium"}),
-    "hevc": ("libx265", "mp4", {"g": "30", "x265-params": "log-level=none"}),
+    "hevc": ("libx265", "mkv", {"g": "30", "x265-params": "log-level=none"}),
     "vp9": ("libvpx-vp9", "webm", {"g": "30", "deadline": "realtime"}),
     "mpeg4_avi": ("mpeg4", "avi", {"g": "30", "bf": "2"}),
     "mpeg4_mp4": ("mpeg4", "mp4", {"g": "30"}),

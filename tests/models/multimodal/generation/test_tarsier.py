@@ -8,6 +8,7 @@ batches, so prompts are prefilled in several chunks), and a context raised
 for the authors' default of 8 frames per video.
 """
 
+import base64
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from PIL import Image
 from vllm import LLM, SamplingParams
 from vllm.exceptions import VLLMValidationError
 from vllm.multimodal.utils import fetch_video
+from vllm.multimodal.video import TarsierVideoBackend
 
 from ....conftest import VllmRunner
 from ...utils import check_logprobs_close
@@ -28,6 +30,7 @@ from .tarsier_reference import TarsierReference, video_frames
 from .video_files import decode_mp4, write_mp4
 
 MODEL_ID = "omni-research/Tarsier-7b"
+EXAMPLES = Path(__file__).parents[4] / "examples"
 # 8 frames take 4,808 tokens, over the 4,096 positions of the checkpoint.
 MAX_MODEL_LEN = 5120
 MAX_NUM_BATCHED_TOKENS = 256
@@ -196,6 +199,50 @@ def test_video_file_matches_reference(
     assert len(frames) == 8 and metadata["total_num_frames"] == 30
     case = Case(VIDEO_PROMPT, video=video.media, reference_video=decode_mp4(path))
     _compare(llm, reference, [case])
+
+
+def test_questions_about_one_video_decode_it_once(
+    llm: LLM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A video sent once with a `uuid`, then by its `uuid` alone (vLLM's
+    cached-input form): the loader runs once, and each answer is the one the
+    whole video gives."""
+    path = tmp_path / "clip.mp4"
+    write_mp4(path, _video(np.random.RandomState(11), 30, 128, 72))
+    url = "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
+    loads = []
+    load_bytes = TarsierVideoBackend.load_bytes
+
+    def counting_load_bytes(cls: type, *args: Any, **kwargs: Any) -> Any:
+        loads.append(1)
+        return load_bytes(*args, **kwargs)
+
+    monkeypatch.setattr(
+        TarsierVideoBackend, "load_bytes", classmethod(counting_load_bytes)
+    )
+    template = (EXAMPLES / "template_tarsier.jinja").read_text()
+    sampling_params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
+
+    def ask(video: dict[str, Any], question: str) -> list[int]:
+        messages = [
+            {"role": "user", "content": [video, {"type": "text", "text": question}]}
+        ]
+        (output,) = llm.chat(messages, sampling_params, chat_template=template)
+        return list(output.outputs[0].token_ids)
+
+    questions = ["What happens?", "Who is there?", "Where is it?"]
+    whole = {"type": "video_url", "video_url": {"url": url}}
+    expected = [ask(whole, q) for q in questions]
+    assert len(loads) == 3
+
+    loads.clear()
+    named = ask({**whole, "uuid": "clip-11"}, questions[0])
+    again = [
+        ask({"type": "video_url", "video_url": {}, "uuid": "clip-11"}, q)
+        for q in questions[1:]
+    ]
+    assert len(loads) == 1
+    assert [named, *again] == expected
 
 
 def test_prompt_over_context_names_the_fixes(llm: LLM) -> None:
