@@ -62,9 +62,7 @@ def _prompt(family: str, visuals: list[str], text: str) -> str:
     """The documented raw prompt of each family."""
     if family == "tarsier2":
         vision = "".join(_VISION[kind] for kind in visuals)
-        return (
-            f"<|im_start|>user\n{vision}{text}<|im_end|>\n<|im_start|>assistant\n"
-        )
+        return f"<|im_start|>user\n{vision}{text}<|im_end|>\n<|im_start|>assistant\n"
     marks = "".join(f"<{kind}>" for kind in visuals)
     return f"USER: {marks}\n{text} ASSISTANT:" if marks else f"USER: {text} ASSISTANT:"
 
@@ -87,15 +85,15 @@ def _cases(model: Model) -> list[str]:
 def _frames(num: int, seed: int) -> np.ndarray:
     rng = np.random.RandomState(seed)
     coarse = rng.randint(0, 256, (num, 4, 4, 3), dtype=np.uint8)
-    return np.stack(
-        [np.asarray(Image.fromarray(f).resize((64, 48))) for f in coarse]
-    )
+    return np.stack([np.asarray(Image.fromarray(f).resize((64, 48))) for f in coarse])
 
 
 def _request(model: Model, case: str) -> dict[str, Any]:
     visuals, text, prefix = CASES[case]
     mm_data: dict[str, Any] = {}
-    images = [Image.fromarray(_frames(1, i)[0]) for i, k in enumerate(visuals) if k == "image"]
+    images = [
+        Image.fromarray(_frames(1, i)[0]) for i, k in enumerate(visuals) if k == "image"
+    ]
     if images:
         mm_data["image"] = images
     if "video" in visuals:

@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pytest
-from PIL import Image
 from huggingface_hub import snapshot_download
+from PIL import Image
 from transformers import PretrainedConfig
 
 from vllm.config import VllmConfig
