@@ -87,7 +87,7 @@ def write_clip(
 def sequential_indices(data: bytes) -> list[int]:
     """What each frame shows, decoding the whole clip in order with OpenCV."""
     cap = TarsierVideoBackend._open(data)
-    shown = []
+    shown: list[int] = []
     while True:
         ok, frame = cap.read()
         if not ok:

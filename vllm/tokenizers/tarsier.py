@@ -12,13 +12,14 @@ neither gives the ids the model was trained on.
 """
 
 from pathlib import Path
+from typing import cast
 
 from tokenizers import normalizers
 from transformers import AddedToken, AutoTokenizer, LlamaTokenizer
 
 from vllm.transformers_utils.repo_utils import file_or_path_exists
 
-from .hf import HfTokenizer, get_cached_tokenizer
+from .hf import get_cached_tokenizer
 from .protocol import TokenizerLike
 
 VIDEO_TOKEN = "<video>"
@@ -37,7 +38,7 @@ class TarsierTokenizer(TokenizerLike):
         revision: str | None = None,
         download_dir: str | None = None,
         **kwargs,
-    ) -> HfTokenizer:
+    ) -> TokenizerLike:
         if file_or_path_exists(path_or_repo_id, "tokenizer.json", revision):
             # A converted tokenizer says how it splits text: use it as it is.
             tokenizer = AutoTokenizer.from_pretrained(
@@ -52,7 +53,7 @@ class TarsierTokenizer(TokenizerLike):
             tokenizer = LlamaTokenizer.from_pretrained(
                 path_or_repo_id,
                 *args,
-                revision=revision,
+                revision=revision or "main",
                 cache_dir=download_dir,
                 legacy=True,
                 **kwargs,
@@ -70,4 +71,4 @@ class TarsierTokenizer(TokenizerLike):
                 [AddedToken(VIDEO_TOKEN, special=True, normalized=False)],
                 special_tokens=True,
             )
-        return get_cached_tokenizer(tokenizer)
+        return cast(TokenizerLike, get_cached_tokenizer(tokenizer))

@@ -69,7 +69,7 @@ class Tarsier2Tokenizer:
         return self.backend.decode(token_ids)
 
     def convert_ids_to_tokens(self, token_ids: list[int]) -> list[str]:
-        return [self.backend.id_to_token(t) for t in token_ids]
+        return [self.backend.id_to_token(t) or "" for t in token_ids]
 
     def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
         return self.chat_template.render(messages=messages, add_generation_prompt=True)
