@@ -9,6 +9,11 @@ between added tokens: the first word, and the text after each `<image>`.
 Transformers 5 loads model type "llava" with a generic backend instead, which
 marks no word start, and its `LlamaTokenizer` marks only the first one, so
 neither gives the ids the model was trained on.
+
+A repo that ships a `tokenizer.json` is loaded from it. [inferred] Tarsier-34b's
+published files could not be read here: with a `tokenizer.model` only, its Yi
+model's own ids are kept (Transformers 4.37 would rename ids 1 and 2 to `<s>`
+and `</s>` and move `<image>` off the config's `image_token_index`).
 """
 
 from pathlib import Path
