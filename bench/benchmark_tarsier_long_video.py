@@ -90,7 +90,7 @@ CODECS = {
 
 MEASURE = r"""
 import hashlib, json, resource, sys, time
-from vllm.multimodal.video import TarsierVideoBackend
+from vllm.multimodal.tarsier_video import TarsierVideoBackend
 
 path, arm, num_frames = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with open(path, "rb") as f:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from vllm.multimodal.video import TarsierVideoBackend
+from vllm.multimodal.tarsier_video import TarsierVideoBackend
 
 av = pytest.importorskip("av")
 cv2 = pytest.importorskip("cv2")

@@ -37,7 +37,7 @@ def video_info(path: str, num_frames: int) -> tuple[int, int, int, list[int]]:
     the `tarsier` loader samples from them (it decodes only those)."""
     import cv2
 
-    from vllm.multimodal.video import TarsierVideoBackend
+    from vllm.multimodal.tarsier_video import TarsierVideoBackend
 
     cap = cv2.VideoCapture(path)
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))

@@ -31,7 +31,7 @@ from vllm.inputs import MultiModalDataDict, MultiModalInput
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.parse import ImageSize
 from vllm.multimodal.processing import ProcessorInputs, TimingContext
-from vllm.multimodal.video import TarsierVideoBackend
+from vllm.multimodal.tarsier_video import TarsierVideoBackend
 
 from .qwen2_vl import (
     Qwen2VLDummyInputsBuilder,

@@ -21,7 +21,7 @@ from PIL import Image
 from vllm import LLM, SamplingParams
 from vllm.exceptions import VLLMValidationError
 from vllm.multimodal.utils import fetch_video
-from vllm.multimodal.video import TarsierVideoBackend
+from vllm.multimodal.tarsier_video import TarsierVideoBackend
 
 from ....conftest import VllmRunner
 from ...utils import check_logprobs_close

@@ -23,7 +23,8 @@ from PIL import Image
 from vllm.config import VllmConfig
 from vllm.model_executor.models.tarsier2 import Tarsier2Processor
 from vllm.multimodal.processing import BaseMultiModalProcessor
-from vllm.multimodal.video import VIDEO_LOADER_REGISTRY, TarsierVideoBackend
+from vllm.multimodal.tarsier_video import TarsierVideoBackend
+from vllm.multimodal.video import VIDEO_LOADER_REGISTRY
 from vllm.renderers import BaseRenderer, renderer_from_config
 from vllm.renderers.params import ChatParams
 
