@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from forktool.cli import fork_dir, git, import_commit
+from forktool.cli import REPO, fork_dir, git, import_commit
 
 MYPY_ERROR = re.compile(r"^(?P<path>[^:\s]+\.py):(?P<line>\d+): error: ", re.M)
 
@@ -84,7 +84,16 @@ def lint(fork: Path) -> int:
     if upstream_errors:
         print(f"lint: {upstream_errors} mypy errors on upstream lines of "
               "edited upstream files (not the patch's; ignored)")
-    print(f"lint: {len(files)} files, {'FAILED' if failed else 'clean'}")
+    # The plugin's own code (registration and its tests), with the same ruff
+    # configuration: it is not in the fork, so mypy's run above does not see it.
+    plugin = sorted(str(p) for p in (REPO / "plugin").rglob("*.py"))
+    for cmd in ([str(bindir / "ruff"), "check", "--config", "pyproject.toml", *plugin],
+                [str(bindir / "ruff"), "format", "--check", "--diff", "--config",
+                 "pyproject.toml", *plugin]):
+        print(f"lint: ruff {cmd[1]} ({len(plugin)} plugin files)", flush=True)
+        failed |= run(cmd, fork, env)[0] != 0
+    print(f"lint: {len(files)} files, {len(plugin)} plugin files, "
+          f"{'FAILED' if failed else 'clean'}")
     return 1 if failed else 0
 
 

@@ -67,7 +67,9 @@ def vllm_chat(llm: LLM, url: str) -> tuple[list[int], list[int], list[dict]]:
     (output,) = llm.chat(messages, params)
     completion = output.outputs[0]
     assert completion.logprobs is not None
-    logprobs = [{t: lp.logprob for t, lp in step.items()} for step in completion.logprobs]
+    logprobs = [
+        {t: lp.logprob for t, lp in step.items()} for step in completion.logprobs
+    ]
     assert output.prompt_token_ids is not None
     return list(output.prompt_token_ids), list(completion.token_ids), logprobs
 
@@ -97,7 +99,12 @@ def reference_output(
     tarsier2 = Tarsier2Reference(model)
     # The checkpoint's own chat template, rendered with Jinja.
     text = tarsier2.tokenizer.apply_chat_template(
-        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
+        [
+            {
+                "role": "user",
+                "content": [{"type": "video"}, {"type": "text", "text": QUESTION}],
+            }
+        ]
     )
     ids, _, logprobs = tarsier2.generate(
         Request(text, [("video", video)]),
@@ -105,7 +112,12 @@ def reference_output(
         num_logprobs=NUM_LOGPROBS,
     )
     prompt = tarsier2.tokenizer.encode(text)
-    return prompt, {tarsier2.tokenizer.backend.token_to_id("<|video_pad|>")}, ids, logprobs
+    return (
+        prompt,
+        {tarsier2.tokenizer.backend.token_to_id("<|video_pad|>")},
+        ids,
+        logprobs,
+    )
 
 
 def test_video_file_matches_reference(model_llm: tuple[str, LLM], media: Path) -> None:
@@ -120,6 +132,7 @@ def test_video_file_matches_reference(model_llm: tuple[str, LLM], media: Path) -
     assert [t for t in prompt if t not in visual] == [
         t for t in ref_prompt if t not in visual
     ]
+
     def first_visual(ids: list[int]) -> int:
         return next(i for i, t in enumerate(ids) if t in visual)
 

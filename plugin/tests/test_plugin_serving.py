@@ -51,13 +51,20 @@ def server(media: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     # module. With the CUDA `vllm` wheel, `vllm serve` works.
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", MODEL,
-            "--port", str(port),
-            "--allowed-local-media-path", str(media),
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            MODEL,
+            "--port",
+            str(port),
+            "--allowed-local-media-path",
+            str(media),
             "--trust-request-mm-kwargs",
-            "--dtype", "float32",
-            "--max-model-len", "8192",
+            "--dtype",
+            "float32",
+            "--max-model-len",
+            "8192",
             "--enforce-eager",
         ],  # fmt: skip
         stdout=log,

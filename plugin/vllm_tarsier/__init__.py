@@ -68,6 +68,7 @@ def _register_config_parser() -> None:
     """Read Tarsier2 checkpoints (published as model type "llava" with Qwen2-VL
     sub-configs) as Qwen2-VL; every other config goes to vLLM's own parser."""
     from transformers import PretrainedConfig
+
     from vllm.transformers_utils.config import HFConfigParser, register_config_parser
 
     from .tarsier2_config import Tarsier2Config, is_tarsier2_config_dict
@@ -111,7 +112,7 @@ def _tarsier_chat_template(tokenizer_name_or_path: str) -> Path | None:
 
 
 def register() -> None:
-    """vLLM's `vllm.general_plugins` entry point: safe to call more than once."""
+    """The `vllm.general_plugins` entry point: safe to call more than once."""
     from vllm.logger import init_logger
 
     logger = init_logger(__name__)
@@ -145,4 +146,6 @@ def register() -> None:
     MODELS_CONFIG_MAP.update(_model_config_hooks())
     _register_config_parser()
     register_chat_template_fallback_path("llava", _tarsier_chat_template)
-    logger.info("vllm-tarsier registered %s and %s on vLLM %s", TARSIER, TARSIER2, version)
+    logger.info(
+        "vllm-tarsier registered %s and %s on vLLM %s", TARSIER, TARSIER2, version
+    )
