@@ -4,6 +4,7 @@
 `vllm.multimodal.video` and the vllm-tarsier plugin register the same code."""
 
 import bisect
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -29,6 +30,39 @@ except ImportError:
     cv2 = PlaceholderModule("cv2")
 
 logger = init_logger(__name__)
+
+
+def sampled_frame_positions(
+    metadata: Mapping[str, Any] | None,
+    num_decoded: int,
+    sample: Callable[[int], list[int]],
+    num_frames: int,
+) -> list[int]:
+    """Positions among a video's decoded frames of the frames `sample(T)` keeps
+    of the source video's `T` frames.
+
+    A loader that decoded only some frames says which (`frames_indices` of
+    `total_num_frames`); frames without that metadata are the whole video.
+    Only exact frames are taken: a video loaded for other frames (a request's
+    `num_frames` that did not reach the loader) is an error that says what to
+    send, never the nearest frames.
+    """
+    indices = (metadata or {}).get("frames_indices")
+    total = (metadata or {}).get("total_num_frames")
+    if not indices or not total or len(indices) != num_decoded:
+        return sample(num_decoded)
+
+    position = {index: j for j, index in enumerate(indices)}
+    wanted = sample(total)
+    if missing := [index for index in wanted if index not in position]:
+        raise ValueError(
+            f"`num_frames`={num_frames} samples frames {wanted} of the video's "
+            f"{total}, but it was loaded at frames {list(indices)} (missing "
+            f"{missing}). Load it for the same frames: send "
+            f'`"media_io_kwargs": {{"video": {{"num_frames": {num_frames}}}}}` '
+            "with the request, or set it in `--media-io-kwargs`."
+        )
+    return [position[index] for index in wanted]
 
 
 @VIDEO_LOADER_REGISTRY.register("tarsier")

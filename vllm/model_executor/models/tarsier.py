@@ -72,6 +72,7 @@ from vllm.multimodal.processing import (
     TimingContext,
     cached_encode,
 )
+from vllm.multimodal.tarsier_video import sampled_frame_positions
 from vllm.transformers_utils.processor import cached_get_image_processor
 from vllm.utils.tensor_schema import TensorSchema, TensorShape
 
@@ -348,33 +349,6 @@ class TarsierMultiModalProcessor(BaseLlavaMultiModalProcessor[TarsierProcessingI
             )
         return BatchFeature(outputs)
 
-    def _get_frame_indices(
-        self,
-        num_decoded: int,
-        metadata: Mapping[str, Any],
-        num_frames: int,
-    ) -> list[int]:
-        """Sample over the source video when a loader decoded only some of its
-        frames. Only exact frames are taken: a video loaded for another number
-        of frames (a request's `num_frames` that did not reach the loader) is
-        an error, not the nearest frames."""
-        source_indices = metadata.get("frames_indices")
-        num_source = metadata.get("total_num_frames")
-        if not source_indices or not num_source or len(source_indices) != num_decoded:
-            return sample_frame_indices(num_decoded, num_frames)
-
-        position = {source: j for j, source in enumerate(source_indices)}
-        wanted = sample_frame_indices(num_source, num_frames)
-        if missing := [index for index in wanted if index not in position]:
-            raise ValueError(
-                f"`num_frames`={num_frames} samples frames {wanted} of the video's "
-                f"{num_source}, but it was loaded at frames {list(source_indices)} "
-                f"(missing {missing}). Load it for the same frames: send "
-                f'`"media_io_kwargs": {{"video": {{"num_frames": {num_frames}}}}}` '
-                "with the request, or set it in `--media-io-kwargs`."
-            )
-        return [position[index] for index in wanted]
-
     def _sample_frames(
         self,
         frames: Sequence[object],
@@ -383,7 +357,12 @@ class TarsierMultiModalProcessor(BaseLlavaMultiModalProcessor[TarsierProcessingI
     ) -> list[object]:
         if len(frames) == 0:
             raise ValueError("Expected a video with at least one frame, but got none.")
-        indices = self._get_frame_indices(len(frames), metadata, num_frames)
+        indices = sampled_frame_positions(
+            metadata,
+            len(frames),
+            lambda total: sample_frame_indices(total, num_frames),
+            num_frames,
+        )
         return [frames[i] for i in indices]
 
     def _to_square(self, image: Image.Image, pad_to_square: bool) -> Image.Image:

@@ -8,7 +8,7 @@ Qwen2-VL-7B with its own way of feeding frames; the model math is Qwen2-VL's.
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import cache, cached_property
 from typing import Any, TypeVar
 
@@ -29,9 +29,10 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 from vllm.config.multimodal import MultiModalDummyOptions
 from vllm.inputs import MultiModalDataDict, MultiModalInput
 from vllm.multimodal import MULTIMODAL_REGISTRY
-from vllm.multimodal.parse import ImageSize
+from vllm.multimodal.media import MediaWithBytes
+from vllm.multimodal.parse import ImageSize, MultiModalDataItems, VideoProcessorItems
 from vllm.multimodal.processing import ProcessorInputs, TimingContext
-from vllm.multimodal.tarsier_video import TarsierVideoBackend
+from vllm.multimodal.tarsier_video import TarsierVideoBackend, sampled_frame_positions
 
 from .qwen2_vl import (
     Qwen2VLDummyInputsBuilder,
@@ -504,9 +505,50 @@ class Tarsier2MultiModalProcessor(Qwen2VLMultiModalProcessor):
     ) -> MultiModalInput:
         assert isinstance(self.info, Tarsier2ProcessingInfo)
         self.info.check_mm_kwargs(inputs.hf_processor_mm_kwargs)
-        result = super().apply(inputs, timing_ctx)
+        result = super().apply(self._select_frames(inputs), timing_ctx)
         self._check_placeholders(result)
         return result
+
+    def _select_frames(self, inputs: ProcessorInputs) -> ProcessorInputs:
+        """Keep of each loaded video the frames the pipeline samples from the
+        source video, so that a video a loader decoded only partly is sampled
+        as the whole one would be (exactly, or an error)."""
+        videos = inputs.mm_data_items.get("video")
+        if not isinstance(videos, VideoProcessorItems) or not isinstance(
+            videos.metadata, list
+        ):
+            return inputs
+        assert isinstance(self.info, Tarsier2ProcessingInfo)
+        options = self.info.get_frame_options(inputs.hf_processor_mm_kwargs)
+        data: list[Any] = []
+        metadata: list[dict[str, Any] | None] = []
+        for item, item_metadata in zip(videos.data, videos.metadata):
+            if item is None or not item_metadata:
+                data.append(item)
+                metadata.append(item_metadata)
+                continue
+            frames = item.media if isinstance(item, MediaWithBytes) else item
+            positions = sampled_frame_positions(
+                item_metadata, len(frames), options.sample_indices, options.num_frames
+            )
+            if positions == list(range(len(frames))):
+                data.append(item)
+                metadata.append(item_metadata)
+                continue
+            kept = frames[positions]
+            source = item_metadata.get("frames_indices") or range(len(frames))
+            metadata.append(
+                {**item_metadata, "frames_indices": [source[p] for p in positions]}
+            )
+            data.append(
+                MediaWithBytes(kept, item.original_bytes)
+                if isinstance(item, MediaWithBytes)
+                else kept
+            )
+        items = MultiModalDataItems(
+            {**inputs.mm_data_items, "video": VideoProcessorItems(data, metadata)}
+        )
+        return replace(inputs, mm_data_items=items)
 
     def _check_placeholders(self, result: MultiModalInput) -> None:
         """A pad token left in the prompt has no item to stand for: reject

@@ -264,6 +264,36 @@ def test_frames_sampled_and_duplicated(processor, total: int, num_frames: int):
     assert red.amax(dim=(1, 2, 3)).tolist() == fed
 
 
+def fed_values(result: MultiModalInput) -> list[int]:
+    """The fill value of each temporal patch's frame."""
+    [item] = result["mm_kwargs"]["video"]
+    grid_t = item["video_grid_thw"].data.tolist()[0]
+    patches = raw_pixels(item["pixel_values_videos"].data)
+    red = patches.reshape(grid_t, -1, 3, 2, 14 * 14)[:, :, 0]
+    return red.amin(dim=(1, 2, 3)).int().tolist()
+
+
+def test_loaded_video_sampled_over_source_frames(processor):
+    """A loader that decoded some frames of a 100-frame video says which: the
+    request's frames are sampled from the source video, exactly or not at all."""
+    # The 8 frames and 4 others were loaded: sampling 8 of the 12 decoded
+    # frames would feed 0, 2, 3, 28, 42, 57, 71, 99.
+    loaded = sorted({*ref_indices(100, 8), 1, 2, 3, 50})
+    values = [2 * i for i in range(len(loaded))]
+    metadata = {"total_num_frames": 100, "frames_indices": loaded}
+    result = run(
+        processor, VIDEO, {"video": (solid_video(values), metadata)}, {"num_frames": 8}
+    )
+    assert [loaded[values.index(v)] for v in fed_values(result)] == ref_indices(100, 8)
+
+    # Loaded for 16 frames (0, 7, 13, ...): frame 14 of the 8 is not there.
+    loaded = ref_indices(100, 16)
+    metadata = {"total_num_frames": 100, "frames_indices": loaded}
+    video = solid_video([2 * i for i in range(16)])
+    with pytest.raises(ValueError, match=r"missing \[14, 28, 42, 57, 71, 85\]"):
+        run(processor, VIDEO, {"video": (video, metadata)}, {"num_frames": 8})
+
+
 @pytest.mark.parametrize(
     "mm_kwargs",
     [
