@@ -46,7 +46,7 @@ import aiohttp
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO / "examples"
+TEMPLATES = REPO / "vllm/transformers_utils/chat_templates"
 DEFAULT_MODEL = "omni-research/Tarsier-7b"
 
 
@@ -56,7 +56,7 @@ def default_template(model: str) -> Path:
         if "tarsier2" in model.lower()
         else ("template_tarsier.jinja")
     )
-    return EXAMPLES / name
+    return TEMPLATES / name
 
 
 # --- media --------------------------------------------------------------------

@@ -74,7 +74,7 @@ def main() -> None:
 
     server_args = argparse.Namespace(
         model=args.model,
-        chat_template=BENCH.parent / "examples" / "template_tarsier.jinja",
+        chat_template=BENCH.parent / "vllm/transformers_utils/chat_templates/template_tarsier.jinja",
         max_model_len=args.max_model_len,
         server_arg=["--allowed-local-media-path", str(media)],
         server_log=None,

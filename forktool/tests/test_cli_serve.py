@@ -25,7 +25,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 VLLM = REPO / "build" / "venv" / "bin" / "vllm"
-TEMPLATE = REPO / "examples" / "template_tarsier.jinja"
+TEMPLATE = REPO / "vllm/transformers_utils/chat_templates/template_tarsier.jinja"
 MODEL = "omni-research/Tarsier-7b"
 FRAMES_SAMPLED = 8
 TOKENS_PER_FRAME = 601  # 24 x (24 patches + row newline) + frame end

@@ -43,13 +43,17 @@ def test_copied_modules_point_at_the_plugin():
     assert lines[2] == "from vllm.multimodal.video import VIDEO_LOADER_REGISTRY"
 
 
-def test_extract_class():
-    source = "X = 1\n\nclass A(B):\n    def f(self):\n        return 1\n\n\nclass C:\n    pass\n"
-    assert plugin.extract_class(source, "A") == (
+def test_extract_definition():
+    source = "X = 1\n\nclass A(B):\n    def f(self):\n        return 1\n\n\ndef g():\n    pass\n"
+    assert plugin.extract_definition(source, "A") == (
         "class A(B):\n    def f(self):\n        return 1\n"
     )
-    with pytest.raises(ValueError, match="class D not found"):
-        plugin.extract_class(source, "D")
+    assert plugin.extract_definition(source, "g") == "def g():\n    pass\n"
+    with pytest.raises(ValueError, match="definition D not found"):
+        plugin.extract_definition(source, "D")
+    # Only top-level definitions: A.f is not one.
+    with pytest.raises(ValueError, match="definition f not found"):
+        plugin.extract_definition(source, "f")
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +75,7 @@ def test_wheel_contents(wheel: Path):
             "vllm_tarsier/tarsier_video.py",
             "vllm_tarsier/tokenizer.py",
             "vllm_tarsier/tarsier2_config.py",
-            "vllm_tarsier/model_config.py",
+            "vllm_tarsier/fork_hooks.py",
             "vllm_tarsier/template_tarsier.jinja",
             "vllm_tarsier/template_tarsier2.jinja",
             f"{info}/METADATA",
@@ -102,7 +106,7 @@ def test_wheel_contents(wheel: Path):
         # Nothing imports a copied module from vLLM, nor relatively into vLLM.
         for moved in plugin.MODULES:
             assert plugin.module_name(moved) + " " not in source, (name, moved)
-        assert "from ." not in source.replace("from .model_config", "").replace(
+        assert "from ." not in source.replace("from .fork_hooks", "").replace(
             "from .tarsier2_config", ""
         ).replace("from . import tarsier_video", ""), name
     # The copied model code is the overlay's, imports aside.
@@ -110,9 +114,9 @@ def test_wheel_contents(wheel: Path):
     assert sources["vllm_tarsier/tarsier.py"] == plugin.rewrite_imports(
         overlay, "vllm/model_executor/models/tarsier.py"
     )
-    assert "class TarsierConfig(VerifyAndUpdateConfig):" in (
-        sources["vllm_tarsier/model_config.py"]
-    )
+    hooks = sources["vllm_tarsier/fork_hooks.py"]
+    assert "class TarsierConfig(VerifyAndUpdateConfig):" in hooks
+    assert "def _get_llava_chat_template_fallback(" in hooks
 
 
 def test_wheel_is_reproducible(wheel: Path, tmp_path: Path):

@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 SUPPORTED_VLLM_VERSIONS = ("0.32.0", "0.33.0")
 TARSIER = "TarsierForConditionalGeneration"
 TARSIER2 = "Tarsier2ForConditionalGeneration"
-_TEMPLATES = Path(__file__).parent
 # The frames each family's pipeline samples from a video by default.
 _DEFAULT_NUM_FRAMES = {TARSIER: 8, TARSIER2: 16}
 
@@ -48,7 +47,7 @@ def _set_video_loader_defaults(vllm_config: "VllmConfig", num_frames: int) -> No
 def _model_config_hooks() -> dict[str, Any]:
     from vllm.model_executor.models.config import VerifyAndUpdateConfig
 
-    from .model_config import TarsierConfig
+    from .fork_hooks import TarsierConfig
 
     class TarsierPluginConfig(TarsierConfig):
         @staticmethod
@@ -100,17 +99,6 @@ def _register_config_parser() -> None:
             )
 
 
-def _tarsier_chat_template(tokenizer_name_or_path: str) -> Path | None:
-    """The authors' prompt format for Tarsier checkpoints, which ship no chat
-    template; other "llava" checkpoints keep vLLM's behaviour (none)."""
-    from vllm.transformers_utils.repo_utils import get_hf_file_to_dict
-
-    config = get_hf_file_to_dict("config.json", tokenizer_name_or_path) or {}
-    if TARSIER in (config.get("architectures") or ()):
-        return _TEMPLATES / "template_tarsier.jinja"
-    return None
-
-
 def register() -> None:
     """The `vllm.general_plugins` entry point: safe to call more than once."""
     from vllm.logger import init_logger
@@ -138,6 +126,7 @@ def register() -> None:
     )
 
     from . import tarsier_video  # noqa: F401  (registers the `tarsier` loader)
+    from .fork_hooks import _get_llava_chat_template_fallback
 
     ModelRegistry.register_model(TARSIER, f"{__name__}.tarsier:{TARSIER}")
     ModelRegistry.register_model(TARSIER2, f"{__name__}.tarsier2:{TARSIER2}")
@@ -145,7 +134,7 @@ def register() -> None:
     RENDERER_REGISTRY.register("tarsier", "vllm.renderers.hf", "HfRenderer")
     MODELS_CONFIG_MAP.update(_model_config_hooks())
     _register_config_parser()
-    register_chat_template_fallback_path("llava", _tarsier_chat_template)
+    register_chat_template_fallback_path("llava", _get_llava_chat_template_fallback)
     logger.info(
         "vllm-tarsier registered %s and %s on vLLM %s", TARSIER, TARSIER2, version
     )

@@ -88,11 +88,13 @@ def is_tarsier2(model: str) -> bool:
 
 
 def chat_template(tarsier2: bool) -> str:
-    """The authors' prompt format, shipped next to these examples: Tarsier's
-    checkpoints carry no chat template, and vLLM tokenizes the rendered chat
-    exactly as the authors' code tokenizes its prompt."""
+    """The authors' prompt format, shipped with vLLM's chat templates: vLLM
+    falls back to Tarsier's for Tarsier checkpoints, which carry none; Tarsier2
+    checkpoints carry Qwen's (with a system prompt), so it is passed here."""
+    from vllm.transformers_utils.chat_templates.registry import CHAT_TEMPLATES_DIR
+
     name = "template_tarsier2.jinja" if tarsier2 else "template_tarsier.jinja"
-    return (Path(__file__).resolve().parents[2] / name).read_text()
+    return (CHAT_TEMPLATES_DIR / name).read_text()
 
 
 def main(args: argparse.Namespace) -> None:

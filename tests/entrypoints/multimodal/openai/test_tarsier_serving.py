@@ -2,8 +2,9 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """Tarsier and Tarsier2 through `vllm serve` and the OpenAI client.
 
-One server per family (tiny fixtures, float32, the chat templates from
-examples/): videos as file, data and loopback http URLs reach the model as
+One server per family (tiny fixtures, float32; Tarsier's chat template is
+vLLM's fallback for its checkpoints, Tarsier2's is passed with
+--chat-template): videos as file, data and loopback http URLs reach the model as
 exactly the authors' frames; images, several items, per-request processor
 kwargs, streaming, sampling with n > 1, raw completions and /tokenize work;
 every bad input in `BAD_INPUTS` is a 4xx that says what was wrong, and the
@@ -41,7 +42,7 @@ from ....models.multimodal.processing.test_tarsier_chat_template import (
 )
 from ....utils import RemoteOpenAIServer
 
-EXAMPLES = Path(__file__).parents[4] / "examples"
+TEMPLATES = Path(__file__).parents[4] / "vllm/transformers_utils/chat_templates"
 MAX_MODEL_LEN = 8192
 MAX_TOKENS = 6
 QUESTION = "Describe the video in detail."
@@ -53,7 +54,8 @@ LOGPROB_ATOL = 1e-4
 @dataclass(frozen=True)
 class Family:
     model: str
-    template: str
+    # None: the server picks its chat template (Tarsier's fallback).
+    template: str | None
     # Frames sampled by default, and asked for per request in the tests.
     default_frames: int
     num_frames: int
@@ -102,7 +104,7 @@ class Family:
 
 
 FAMILIES = {
-    "tarsier": Family("omni-research/Tarsier-7b", "template_tarsier.jinja", 8, 4),
+    "tarsier": Family("omni-research/Tarsier-7b", None, 8, 4),
     "tarsier2": Family(
         "omni-research/Tarsier2-Recap-7b", "template_tarsier2.jinja", 16, 6
     ),
@@ -207,12 +209,13 @@ def server(family: Family, media_dir: Path) -> Iterator[RemoteOpenAIServer]:
         "--max-model-len", str(MAX_MODEL_LEN),
         "--max-num-seqs", "16",
         "--enforce-eager",
-        "--chat-template", str(EXAMPLES / family.template),
         "--trust-request-mm-kwargs",
         "--allowed-local-media-path", str(media_dir),
         "--limit-mm-per-prompt", json.dumps({"image": 2, "video": 1}),
         "--enable-mm-embeds",
     ]  # fmt: skip
+    if family.template is not None:
+        args += ["--chat-template", str(TEMPLATES / family.template)]
     # Tarsier's 8 frames take 4,808 tokens, past the checkpoint's 4,096. The
     # utility checks the arguments in this process too.
     with pytest.MonkeyPatch.context() as m:

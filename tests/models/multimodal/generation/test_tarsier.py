@@ -20,8 +20,8 @@ from PIL import Image
 
 from vllm import LLM, SamplingParams
 from vllm.exceptions import VLLMValidationError
-from vllm.multimodal.utils import fetch_video
 from vllm.multimodal.tarsier_video import TarsierVideoBackend
+from vllm.multimodal.utils import fetch_video
 
 from ....conftest import VllmRunner
 from ...utils import check_logprobs_close
@@ -30,7 +30,7 @@ from .tarsier_reference import TarsierReference, video_frames
 from .video_files import decode_mp4, write_mp4
 
 MODEL_ID = "omni-research/Tarsier-7b"
-EXAMPLES = Path(__file__).parents[4] / "examples"
+TEMPLATES = Path(__file__).parents[4] / "vllm/transformers_utils/chat_templates"
 # 8 frames take 4,808 tokens, over the 4,096 positions of the checkpoint.
 MAX_MODEL_LEN = 5120
 MAX_NUM_BATCHED_TOKENS = 256
@@ -220,7 +220,7 @@ def test_questions_about_one_video_decode_it_once(
     monkeypatch.setattr(
         TarsierVideoBackend, "load_bytes", classmethod(counting_load_bytes)
     )
-    template = (EXAMPLES / "template_tarsier.jinja").read_text()
+    template = (TEMPLATES / "template_tarsier.jinja").read_text()
     sampling_params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
 
     def ask(video: dict[str, Any], question: str) -> list[int]:

@@ -40,7 +40,9 @@ from ...utils import check_logprobs_close
 from .video_files import write_mp4
 
 # The fork's examples/, beside tests/.
-EXAMPLES = Path(__file__).resolve().parents[4] / "examples"
+TEMPLATES = (
+    Path(__file__).resolve().parents[4] / "vllm/transformers_utils/chat_templates"
+)
 MAX_TOKENS = 24
 NUM_LOGPROBS = 5
 # Both sides run in float32; they differ only in the order of sums.
@@ -75,7 +77,7 @@ FAMILIES = {
     "tarsier": Family(
         "omni-research/Tarsier-7b",
         max_model_len=5120,
-        chat_template=EXAMPLES / "template_tarsier.jinja",
+        chat_template=TEMPLATES / "template_tarsier.jinja",
         env=(("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1"),),
     ),
     "tarsier2": Family("omni-research/Tarsier2-Recap-7b", max_model_len=2048),

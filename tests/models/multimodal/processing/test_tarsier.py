@@ -45,7 +45,10 @@ CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 CLIP_SIZE = 336
 
-TEMPLATE = Path(__file__).parents[4] / "examples" / "template_tarsier.jinja"
+TEMPLATE = (
+    Path(__file__).parents[4]
+    / "vllm/transformers_utils/chat_templates/template_tarsier.jinja"
+)
 
 
 def _build_processor(

@@ -475,7 +475,10 @@ def test_max_tokens_match_dummy_inputs(processor, seq_len: int):
 
 # Chat template
 
-TEMPLATE = Path(__file__).parents[4] / "examples" / "template_tarsier2.jinja"
+TEMPLATE = (
+    Path(__file__).parents[4]
+    / "vllm/transformers_utils/chat_templates/template_tarsier2.jinja"
+)
 
 
 def test_chat_template_puts_visuals_before_text(processor):

@@ -26,6 +26,7 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from vllm.entrypoints.serve.tokenize.protocol import TokenizeChatRequest
 from vllm.renderers.online_renderer import OnlineRenderer
 from vllm.renderers.registry import renderer_from_config
+from vllm.transformers_utils.chat_templates import get_chat_template_fallback_path
 
 from ...utils import build_model_context
 from ..generation.tarsier2_reference import Tarsier2Tokenizer
@@ -33,10 +34,10 @@ from ..generation.tarsier_reference import AuthorsTokenizer
 
 Family = Literal["tarsier", "tarsier2"]
 
-EXAMPLES = Path(__file__).parents[4] / "examples"
+TEMPLATES_DIR = Path(__file__).parents[4] / "vllm/transformers_utils/chat_templates"
 TEMPLATES: dict[Family, Path] = {
-    "tarsier": EXAMPLES / "template_tarsier.jinja",
-    "tarsier2": EXAMPLES / "template_tarsier2.jinja",
+    "tarsier": TEMPLATES_DIR / "template_tarsier.jinja",
+    "tarsier2": TEMPLATES_DIR / "template_tarsier2.jinja",
 }
 MODELS: dict[str, Family] = {
     "omni-research/Tarsier-7b": "tarsier",
@@ -348,3 +349,22 @@ def test_offline_chat_prompt_is_the_authors(
     got = collapse_visual_tokens(ids, online.model_config.hf_config)
     expected = _expected(model_id, messages)
     assert got == expected, (_describe(model_id, got), _describe(model_id, expected))
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("omni-research/Tarsier-7b", "template_tarsier.jinja"),
+        ("omni-research/Tarsier-34b", "template_tarsier.jinja"),
+        ("llava-hf/llava-1.5-7b-hf", None),
+    ],
+)
+def test_llava_chat_template_fallback_is_tarsiers_only(
+    model: str, expected: str | None
+):
+    """Tarsier checkpoints ship no chat template: vLLM falls back to the
+    authors' format for them, and to none for other LLaVA checkpoints."""
+    path = get_chat_template_fallback_path("llava", model)
+    assert (path.name if path is not None else None) == expected
+    if path is not None:
+        assert path == TEMPLATES["tarsier"]
