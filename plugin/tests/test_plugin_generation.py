@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from tarsier2_reference import Request, Tarsier2Reference
 from tarsier_reference import TarsierReference, video_frames
-from video_files import decode_mp4, write_mp4
+from video_files import decode_mp4
 
 from vllm import LLM, SamplingParams
 
@@ -24,15 +24,6 @@ NUM_LOGPROBS = 5
 LOGPROB_ATOL = 1e-3
 QUESTION = "Describe the video in detail."
 TARSIER, TARSIER2 = "omni-research/Tarsier-7b", "omni-research/Tarsier2-Recap-7b"
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 30-frame MP4 of noise (the loader keeps 8 or 16 of its frames)."""
-    folder = tmp_path_factory.mktemp("media")
-    rng = np.random.default_rng(5)
-    write_mp4(folder / "clip.mp4", rng.integers(0, 256, (30, 72, 96, 3), np.uint8))
-    return folder
 
 
 @pytest.fixture(scope="module", params=[TARSIER, TARSIER2])

@@ -22,7 +22,7 @@ import pytest
 import requests
 from tarsier2_reference import Request, Tarsier2Reference
 from tarsier_reference import AuthorsTokenizer, TarsierReference, video_frames
-from video_files import decode_mp4, write_mp4
+from video_files import decode_mp4
 
 MODEL = "omni-research/Tarsier-7b"
 MODEL2 = "omni-research/Tarsier2-Recap-7b"
@@ -35,14 +35,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("media")
-    rng = np.random.default_rng(9)
-    write_mp4(folder / "clip.mp4", rng.integers(0, 256, (30, 72, 96, 3), np.uint8))
-    return folder
 
 
 @pytest.fixture(scope="module", params=[MODEL, MODEL2])
