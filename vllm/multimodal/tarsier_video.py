@@ -27,7 +27,7 @@ from vllm.utils.import_utils import PlaceholderModule
 try:
     import cv2
 except ImportError:
-    cv2 = PlaceholderModule("cv2")
+    cv2 = PlaceholderModule("cv2")  # type: ignore[assignment]
 
 logger = init_logger(__name__)
 

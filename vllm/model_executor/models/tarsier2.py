@@ -535,7 +535,11 @@ class Tarsier2MultiModalProcessor(Qwen2VLMultiModalProcessor):
                 data.append(item)
                 metadata.append(item_metadata)
                 continue
-            kept = frames[positions]
+            kept = (
+                frames[positions]
+                if isinstance(frames, (np.ndarray, torch.Tensor))
+                else [frames[p] for p in positions]
+            )
             source = item_metadata.get("frames_indices") or range(len(frames))
             metadata.append(
                 {**item_metadata, "frames_indices": [source[p] for p in positions]}

@@ -32,11 +32,11 @@ from ...utils import build_model_context
 
 TARSIER = "omni-research/Tarsier-7b"
 TARSIER2 = "omni-research/Tarsier2-Recap-7b"
-# The published checkpoints ship no chat template: the ones in examples/.
-TEMPLATES = Path(__file__).parents[4] / "vllm/transformers_utils/chat_templates"
+# The authors' prompt formats, as vLLM ships them.
+TEMPLATES_DIR = Path(__file__).parents[4] / "vllm/transformers_utils/chat_templates"
 TEMPLATES = {
-    TARSIER: TEMPLATES / "template_tarsier.jinja",
-    TARSIER2: TEMPLATES / "template_tarsier2.jinja",
+    TARSIER: TEMPLATES_DIR / "template_tarsier.jinja",
+    TARSIER2: TEMPLATES_DIR / "template_tarsier2.jinja",
 }
 LENGTHS = [1, 7, 30, 301]
 NUM_FRAMES = [1, 3, 8, 16]
