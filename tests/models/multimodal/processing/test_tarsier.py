@@ -332,13 +332,13 @@ def test_loaded_video_sampled_over_source_frames(
     with pytest.raises(ValueError, match=r"missing \[14, 28, 42, 57, 71, 85\]"):
         _process(processor_7b, "<video>", {"video": (decoded, metadata)})
 
-    # Loaded for 15 frames (0, 7, 14, 21, ..., 99), the 8 wanted frames are
-    # all there: taken exactly.
-    loaded = _reference_indices(100, 15)
+    # The 8 wanted frames and 4 others were loaded: taken exactly (sampling 8
+    # of the 12 decoded frames would feed other source frames).
+    loaded = sorted({*_reference_indices(100, 8), 1, 2, 3, 50})
     metadata = {"total_num_frames": 100, "frames_indices": loaded}
-    out = _process(processor_7b, "<video>", {"video": (_ramp(15), metadata)})
+    out = _process(processor_7b, "<video>", {"video": (_solid_video(12), metadata)})
     pixel_values = out["mm_kwargs"].get_data()["pixel_values_videos"][0]
-    assert [loaded[i] for i in _frame_ids(pixel_values, 15)] == _reference_indices(
+    assert [loaded[i] for i in _frame_ids(pixel_values, 12)] == _reference_indices(
         100, 8
     )
 
