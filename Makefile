@@ -15,7 +15,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 2
 export PYTHONHASHSEED := 0
 PYTEST_FLAGS ?= -q -p no:cacheprovider
 
-.PHONY: venv fork fixtures setup test test-tool test-fork test-quantized test-caption test-plugin plugin lint build-check gpu-test caption bench export check clean
+.PHONY: venv fork fixtures setup test test-tool test-fork test-quantized test-caption test-plugin test-official plugin lint build-check gpu-test caption bench export check clean
 
 $(VENV)/.installed: forktool/requirements.lock
 	rm -rf $(VENV)
@@ -33,7 +33,8 @@ fixtures: venv
 setup: fork fixtures
 
 test: setup
-	$(MAKE) --no-print-directory test-tool test-fork test-quantized test-caption test-plugin lint build-check
+	$(MAKE) --no-print-directory test-tool test-fork test-quantized test-caption test-plugin \
+	  test-official lint build-check
 
 # The vllm-tarsier plugin for stock vLLM, written from the fork's files
 # (forktool/plugin.py): build/plugin/dist/vllm_tarsier-*.whl.
@@ -46,6 +47,11 @@ PLUGIN_VENV := $(BUILD)/plugin-venv
 test-plugin: fork fixtures
 	$(PYTHON) -m forktool plugin --venv $(PLUGIN_VENV)
 	$(PLUGIN_VENV)/bin/python -m pytest $(PYTEST_FLAGS) plugin/tests
+
+# The plugin with the official (CUDA) vllm 0.32.0 and 0.33.0 wheels, no GPU:
+# the tests that need no engine (forktool/official.py says what that shows).
+test-official: fork fixtures
+	$(PYTHON) -m forktool official
 
 test-tool:
 	$(VPY) -m pytest $(PYTEST_FLAGS) forktool/tests
@@ -127,8 +133,10 @@ bench: setup
 export:
 	$(PYTHON) -m forktool export
 
-check:
-	$(PYTHON) -m forktool check $(or $(VERSION),0.33.0)
+# Does the series apply to another release, and do the fork's engine-free
+# tests pass there (with its official wheel's compiled files)?
+check: fork fixtures
+	$(PYTHON) -m forktool check $(or $(VERSION),0.33.0) --run
 
 clean:
 	rm -rf $(BUILD)

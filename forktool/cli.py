@@ -61,6 +61,7 @@ class Pins:
     replaced: list[str]
     lock: Path
     official_sha256: str
+    official_known: dict[str, str]
 
     @classmethod
     def load(cls) -> Pins:
@@ -69,6 +70,8 @@ class Pins:
         up, rt = data["upstream"], data["runtime"]
         known = dict(data.get("known_sdists", {}))
         known.setdefault(up["version"], up["sha256"])
+        official = dict(data.get("known_official_wheels", {}))
+        official.setdefault(data["official"]["version"], data["official"]["sha256"])
         return cls(
             version=up["version"],
             sha256=up["sha256"],
@@ -79,6 +82,7 @@ class Pins:
             replaced=list(rt["replaced"]),
             lock=REPO / rt["lock"],
             official_sha256=data["official"]["sha256"],
+            official_known=official,
         )
 
     @property
@@ -681,9 +685,9 @@ def export(pins: Pins, out: Path) -> None:
 
 # ------------------------------------------------------------------- check
 
-def check(pins: Pins, version: str) -> bool:
+def check(pins: Pins, version: str, run_tests: bool = False) -> bool:
     """Report, PR by PR and patch by patch, whether the series applies to
-    another release."""
+    another release; with run_tests, run the fork's engine-free tests there."""
     sdist = fetch_verified(f"vllm=={version}", pins.known.get(version),
                            sdist=True)
     tree = BUILD / "check" / f"vllm-{version}"
@@ -709,7 +713,41 @@ def check(pins: Pins, version: str) -> bool:
     for name, result in rows:
         print(f"  {name:<{width}}  {result}" if result else f"  {name}")
     print(f"result: {'applies' if ok else 'does not apply'} to vLLM {version}")
+    if ok and run_tests:
+        ok = run_fork_on_official(pins, version, tree)
     return ok
+
+
+def run_fork_on_official(pins: Pins, version: str, tree: Path) -> bool:
+    from forktool.official import fork_on_official
+
+    apply_overlay(tree, overlay_files())
+    wheel = fetch_verified(f"vllm=={version}", pins.official_known.get(version),
+                           sdist=False)
+    passed = fork_on_official(tree, BUILD / "official" / f"fork-{version}",
+                              purelib(BUILD / "venv" / "bin" / "python"), wheel)
+    print(f"result: the fork's engine-free tests {'pass' if passed else 'FAIL'} "
+          f"on vLLM {version} (official wheel, CPU platform, no engine)")
+    return passed
+
+
+def run_plugin_on_official(pins: Pins, versions: list[str], gpu: bool) -> bool:
+    from forktool.official import plugin_on_official
+    from forktool.plugin import build_plugin
+
+    plugin_wheel = build_plugin(REPO, materialize(pins), BUILD / "plugin")
+    results = {}
+    for version in versions:
+        wheel = fetch_verified(f"vllm=={version}",
+                               pins.official_known.get(version), sdist=False)
+        results[version] = plugin_on_official(
+            REPO, BUILD / "official" / f"plugin-{version}",
+            purelib(BUILD / "venv" / "bin" / "python"), wheel, plugin_wheel,
+            gpu)
+    for version, passed in results.items():
+        log(f"official: the plugin's engine-free tests "
+            f"{'pass' if passed else 'FAIL'} on the vllm {version} wheel")
+    return all(results.values())
 
 
 def apply_checked(patch: Path, tree: Path, env: dict[str, str]) -> str:
@@ -774,6 +812,14 @@ def main(argv: list[str] | None = None) -> int:
                              "patch, whether the series applies to another "
                              "vLLM release")
     p_check.add_argument("version")
+    p_check.add_argument("--run", action="store_true", help="also run the "
+                         "fork's engine-free tests there, with that release's "
+                         "official wheel (no GPU)")
+    p_official = sub.add_parser("official", help="run the plugin's engine-free "
+                                "tests with official vllm wheels (no GPU)")
+    p_official.add_argument("versions", nargs="*")
+    p_official.add_argument("--gpu", action="store_true", help="on an NVIDIA "
+                            "GPU: vLLM's CUDA platform, and the generation tests")
     p_plugin = sub.add_parser("plugin", help="write the vllm-tarsier plugin for "
                               "stock vLLM from the fork's files, and its wheel")
     p_plugin.add_argument("--out", type=Path, default=BUILD / "plugin")
@@ -796,7 +842,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.verb == "build-check":
             run_build_check(pins, args.editable)
         elif args.verb == "check":
-            return 0 if check(pins, args.version) else 1
+            return 0 if check(pins, args.version, args.run) else 1
+        elif args.verb == "official":
+            versions = args.versions or sorted(pins.official_known)
+            return 0 if run_plugin_on_official(pins, versions, args.gpu) else 1
         elif args.verb == "plugin":
             from forktool.plugin import build_plugin
 

@@ -3,7 +3,8 @@
 # own setup.py in its precompiled mode against the official vllm wheel (as
 # `forktool build-check` does, but editable), then run the patch's generation
 # tests on CUDA (float32, token for token against the references) and the
-# caption job on the tiny fixtures of both families.
+# caption job on the tiny fixtures of both families; then the plugin wheel
+# with the official wheel (its engine-free and generation tests on CUDA).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -40,4 +41,7 @@ for model in omni-research/Tarsier-7b omni-research/Tarsier2-Recap-7b; do
   step "caption job: $model (auto dtype)"
   "$PY" examples/generate/multimodal/tarsier_video_caption.py --model "$model"
 done
+cd "$REPO"
+step "the vllm-tarsier plugin with the official vllm wheel, on CUDA"
+python3 -m forktool official --gpu 0.32.0
 step "gpu-test passed"

