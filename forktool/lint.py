@@ -50,8 +50,9 @@ def run(cmd: list[str], fork: Path, env: dict[str, str]) -> tuple[int, str]:
     return proc.returncode, proc.stdout
 
 
-def lint(fork: Path) -> int:
-    """Lint the Python files the series changes, up to the fork's HEAD."""
+def lint(fork: Path, with_plugin_package: bool = False) -> int:
+    """Lint the Python files the series changes, up to the fork's HEAD (and
+    the plugin package built from them)."""
     added = changed_python_files(fork, "A")
     modified = changed_python_files(fork, "M")
     files = added + modified
@@ -92,9 +93,27 @@ def lint(fork: Path) -> int:
                  "pyproject.toml", *plugin]):
         print(f"lint: ruff {cmd[1]} ({len(plugin)} plugin files)", flush=True)
         failed |= run(cmd, fork, env)[0] != 0
+    if with_plugin_package:
+        failed |= mypy_plugin_package(fork, env)
     print(f"lint: {len(files)} files, {len(plugin)} plugin files, "
           f"{'FAILED' if failed else 'clean'}")
     return 1 if failed else 0
+
+
+def mypy_plugin_package(fork: Path, env: dict[str, str]) -> bool:
+    """mypy, with upstream's configuration, over the plugin package as
+    `forktool plugin` writes it (the copied modules and the glue together).
+    Returns whether it failed."""
+    from forktool.plugin import PACKAGE, build_plugin
+
+    with tempfile.TemporaryDirectory() as tmp:
+        build_plugin(REPO, fork, Path(tmp))
+        print("lint: mypy (the vllm-tarsier package as built)", flush=True)
+        code, _ = run([sys.executable, "-m", "mypy", "--python-version", "3.11",
+                       "--follow-imports", "silent", "--config-file",
+                       "pyproject.toml", "-p", PACKAGE], fork,
+                      env | {"MYPYPATH": tmp})
+    return code != 0
 
 
 def lint_each_pr(fork: Path) -> int:
@@ -123,7 +142,9 @@ def main() -> int:
                         help="lint every commit of the series on its own")
     args = parser.parse_args()
     fork = fork_dir()
-    return lint_each_pr(fork) if args.each_pr else lint(fork)
+    if args.each_pr:
+        return lint_each_pr(fork)
+    return lint(fork, with_plugin_package=True)
 
 
 if __name__ == "__main__":
