@@ -593,9 +593,6 @@ BAD_INPUTS: dict[str, Bad] = {
     "url_scheme_unsupported": Bad(
         user(video_part("ftp://127.0.0.1/clip.mp4")), 400, "HTTP, data or file URL"
     ),
-    "http_unreachable": Bad(
-        user(video_part("http://127.0.0.1:9/clip.mp4")), 422, "cannot connect"
-    ),
     "http_not_found": Bad(
         lambda f, media, http: user(video_part(f"{http}/nope.mp4")), 422, "HTTP 404"
     ),
@@ -775,6 +772,25 @@ def test_bad_input_is_a_clear_4xx(
         assert re.search(pattern, error.message), error.message
 
     # The server answers the next good request.
+    good = chat(client, family, user(video_part((bad_media / "ok.mp4").as_uri())))
+    assert good.usage.completion_tokens == MAX_TOKENS
+
+
+def test_an_unreachable_media_host_is_a_server_error_that_hides_addresses(
+    client: openai.OpenAI, family: Family, bad_media: Path
+) -> None:
+    # Transient (the server's network), so a 5xx as upstream has it; the
+    # message names the client's URL and what failed, not the address tried.
+    url = "http://localhost:9/clip.mp4?token=secret"
+    with pytest.raises(openai.InternalServerError) as exc_info:
+        chat(client, family, user(video_part(url)))
+    message = exc_info.value.message
+    assert re.search(
+        r"http://localhost:9/clip\.mp4: the connection (was refused|failed)", message
+    ), message
+    for leak in ("127.0.0.1", "::1", "secret", "Connect call failed"):
+        assert leak not in message, message
+
     good = chat(client, family, user(video_part((bad_media / "ok.mp4").as_uri())))
     assert good.usage.completion_tokens == MAX_TOKENS
 
