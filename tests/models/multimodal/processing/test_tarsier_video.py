@@ -299,3 +299,19 @@ def test_a_request_without_a_video_is_not_rejected_for_its_frames(
     messages: Any = [{"role": "user", "content": "Describe a video."}]
     _, prompt = renderers[TARSIER].render_messages(messages, params)
     assert not prompt.get("multi_modal_data")
+
+
+def test_the_model_loader_kwargs_merge_by_the_request_level_rules(
+    renderers: dict[str, BaseRenderer],
+) -> None:
+    # The request's num_frames reaches the loader; by VideoMediaIO's rule for
+    # request-level kwargs it replaces the request's fps instead of joining it.
+    params = ChatParams(
+        media_io_kwargs={"video": {"fps": 2, "backend": "opencv"}},
+        mm_processor_kwargs={"num_frames": 3},
+    )
+    video = renderers[TARSIER]._get_media_io_kwargs(params)["video"]
+    assert video["video_backend"] == "tarsier"
+    assert video["num_frames"] == 3
+    assert "fps" not in video
+    assert video["backend"] == "opencv"
