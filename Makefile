@@ -97,6 +97,10 @@ test-fork:
 	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) $(UPSTREAM_MM_TESTS) \
 	  -k "(llava-1.5-7b-hf or LlavaForConditionalGeneration or Tarsier or $(RELATIVES_K) \
 	  or $(QWEN2_VL_UNIT_K)) and not ($(QWEN2_VL_OFFLINE_K))"
+	@# The unit tests of the generic fixes (PR 1), in upstream's test files.
+	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) \
+	  tests/multimodal/media/test_unprocessable_entity_error.py \
+	  tests/multimodal/test_video.py::test_opencv_decodes_a_one_frame_video
 	@# Its own process: it forks per test, and a fork of a process whose OpenMP
 	@# pool already ran (as after the tests above) can hang in torch ops.
 	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) \

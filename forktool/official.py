@@ -47,6 +47,7 @@ PLUGIN_GPU_TESTS = ("plugin/tests/test_plugin_generation.py",)
 # upstream tests the series edits that need none.
 FORK_TESTS = (
     "tests/multimodal/media/test_unprocessable_entity_error.py",
+    "tests/multimodal/test_video.py::test_opencv_decodes_a_one_frame_video",
     "tests/multimodal/test_tarsier_video_loader.py",
     "tests/transformers_utils/test_tarsier2_config.py",
     "tests/models/multimodal/processing/test_tarsier.py",
