@@ -72,8 +72,7 @@ def test_materialize_makes_the_series(repo: Path) -> None:
     assert [line.split(" ", 1)[1] for line in log[:3]] == [
         "[Model] Bring back Tarsier2, with its config on Transformers v5",
         "[Model] Bring back Tarsier with native video input",
-        "[Multimodal] Clearer errors for rejected prompts and media, and "
-        "per-model video loading",
+        "[Multimodal] Clearer errors for rejected prompts and media",
     ]
     # The import commit is upstream untouched: it has no overlay file, and the
     # series has every overlay file and patched file.
