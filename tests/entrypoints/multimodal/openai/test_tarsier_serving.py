@@ -704,7 +704,7 @@ BAD_INPUTS: dict[str, Bad] = {
             video_part((media / "big.mp4").as_uri()), text=f.filler(4000)
         ),
         400,
-        r"exceeds model's maximum context length.*1 video item\(s\) take",
+        r"longer than the maximum model length.*1 video item\(s\) take",
     ),
     "prompt_over_context_text_only": Bad(
         user(text="word " * MAX_MODEL_LEN), 400, "maximum context length"
