@@ -100,7 +100,12 @@ test-fork:
 	@# The unit tests of the generic fixes (PR 1), in upstream's test files.
 	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) \
 	  tests/multimodal/media/test_unprocessable_entity_error.py \
-	  tests/multimodal/test_video.py::test_opencv_decodes_a_one_frame_video
+	  tests/multimodal/test_video.py::test_opencv_decodes_a_one_frame_video \
+	  tests/renderers/test_mm_cache_rejected_prompt.py \
+	  tests/renderers/test_truncate_after_mm_expansion.py \
+	  tests/multimodal/test_cache.py tests/v1/engine/test_output_processor.py \
+	  -k "not (mixed_prompt_embeds or eviction_lru_cache or eviction_shm_cache \
+	  or ipc_enable_disable or shm_ or loras) and (not test_output_processor or cache_miss)"
 	@# Its own process: it forks per test, and a fork of a process whose OpenMP
 	@# pool already ran (as after the tests above) can hang in torch ops.
 	cd $(FORK) && ../venv/bin/python -m pytest $(PYTEST_FLAGS) \

@@ -97,6 +97,10 @@ class PullRequest:
     message: str
     patches: list[Path]
     overlay: list[str]
+    # Export as one commit per patch; each new file goes with the patch number
+    # the series names for it.
+    commit_per_patch: bool = False
+    overlay_patch: dict[str, int] | None = None
 
 
 def load_series() -> list[PullRequest]:
@@ -116,7 +120,10 @@ def load_series() -> list[PullRequest]:
         taken = [rel for rel in files
                  if any(fnmatch.fnmatchcase(rel, g) for g in globs)]
         files = [rel for rel in files if rel not in taken]
-        series.append(PullRequest(entry["message"].strip() + "\n", mine, taken))
+        series.append(PullRequest(
+            entry["message"].strip() + "\n", mine, taken,
+            bool(entry.get("commit_per_patch")),
+            {rel: int(n) for rel, n in entry.get("overlay_patch", {}).items()}))
     if files:
         raise ForkError(f"{SERIES_FILE.name}: no PR takes {', '.join(files)}; "
                         "add a glob for them to one [[pr]]'s overlay.")
@@ -677,10 +684,49 @@ def export(pins: Pins, out: Path) -> None:
         subject = git(fork, "log", "-1", "--format=%s", commit).strip()
         stat = git(fork, "diff", "--stat=100", f"{commit}^", commit)
         stats.append(f"PR {n}/{len(commits)}: {subject}\n{stat}")
+    for n, (pr, commit) in enumerate(zip(load_series(), commits), 1):
+        if pr.commit_per_patch:
+            stats.append(export_per_patch(fork, commit, pr, out / f"pr{n}"))
     (out / "diffstat.txt").write_text("\n".join(stats))
     print("\n".join(stats))
     log(f"series of {len(commits)} PRs written to {out} (git format-patch "
         f"against vLLM {pins.version})")
+
+
+def patch_message(patch: Path) -> str:
+    """A patch file's subject line and why, as a commit message."""
+    text = patch.read_text()
+    return text[:text.index("diff --git")].strip() + "\n"
+
+
+def export_per_patch(fork: Path, commit: str, pr: PullRequest, out: Path) -> str:
+    """Write one PR as one commit per patch (with the new files the series
+    assigns to each), checking that together they equal the PR's commit."""
+    out.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        git(fork, "worktree", "add", "-q", "--detach", str(tree), f"{commit}^")
+        try:
+            for patch in pr.patches:
+                git(tree, "apply", "--index", str(patch))
+                for rel, number in (pr.overlay_patch or {}).items():
+                    if number == int(patch.name[:4]):
+                        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(REPO / rel, tree / rel)
+                        git(tree, "add", rel)
+                git(tree, "commit", "-q", "-m", patch_message(patch))
+            if git(tree, "diff", "--stat", commit, "HEAD").strip():
+                raise ForkError(f"the per-patch commits of {out.name} differ "
+                                "from its PR commit: assign every new file to "
+                                "a patch in overlay_patch")
+            git(tree, "format-patch", "-q", "-o", str(out), f"{commit}^..HEAD")
+            stats = [git(tree, "log", "-1", "--format=%s", c).strip() + "\n"
+                     + git(tree, "diff", "--shortstat", f"{c}^", c)
+                     for c in git(tree, "rev-list", "--reverse",
+                                  f"{commit}^..HEAD").split()]
+        finally:
+            git(fork, "worktree", "remove", "--force", str(tree))
+    return f"{out.name} as one commit per patch:\n" + "".join(stats)
 
 
 # ------------------------------------------------------------------- check

@@ -48,6 +48,11 @@ PLUGIN_GPU_TESTS = ("plugin/tests/test_plugin_generation.py",)
 FORK_TESTS = (
     "tests/multimodal/media/test_unprocessable_entity_error.py",
     "tests/multimodal/test_video.py::test_opencv_decodes_a_one_frame_video",
+    "tests/multimodal/test_cache.py::test_undoing_a_rejected_request_keeps_p0_mirroring_p1",
+    "tests/multimodal/test_cache.py::test_a_rejected_request_without_an_exact_undo_makes_p1_miss",
+    "tests/multimodal/test_cache.py::test_undo_is_refused_after_another_request_or_an_invalidation",
+    "tests/renderers/test_mm_cache_rejected_prompt.py",
+    "tests/v1/engine/test_output_processor.py::test_generate_cache_miss_is_a_retryable_request_error",
     "tests/multimodal/test_tarsier_video_loader.py",
     "tests/transformers_utils/test_tarsier2_config.py",
     "tests/models/multimodal/processing/test_tarsier.py",

@@ -185,6 +185,11 @@ def test_refresh_and_export(repo: Path, tmp_path: Path) -> None:
         assert "vllm/envs.py" in mails[2].read_text()
         assert "vllm/envs.py" not in mails[0].read_text()
         assert "PR 3/3" in (out / "diffstat.txt").read_text()
+        # PR 1 also as one commit per fix, each with its new files.
+        pr1 = sorted((out / "pr1").glob("*.patch"))
+        assert len(pr1) == 5
+        assert "test_mm_cache_rejected_prompt.py" in pr1[2].read_text()
+        assert "test_mm_cache_rejected_prompt.py" not in pr1[3].read_text()
     finally:
         (repo / "patches" / new).unlink()
         target.write_text(original)
