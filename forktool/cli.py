@@ -12,6 +12,7 @@ only; downloads go through pip.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import hashlib
 import json
@@ -24,6 +25,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -699,10 +701,12 @@ def patch_message(patch: Path) -> str:
     return text[:text.index("diff --git")].strip() + "\n"
 
 
-def export_per_patch(fork: Path, commit: str, pr: PullRequest, out: Path) -> str:
-    """Write one PR as one commit per patch (with the new files the series
-    assigns to each), checking that together they equal the PR's commit."""
-    out.mkdir(parents=True)
+@contextlib.contextmanager
+def per_patch_commits(fork: Path, commit: str,
+                      pr: PullRequest) -> Iterator[tuple[Path, list[str]]]:
+    """A worktree of the fork with one PR as one commit per patch (with the
+    new files the series assigns to each), checked to equal the PR's commit;
+    yields it and the commits."""
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "tree"
         git(fork, "worktree", "add", "-q", "--detach", str(tree), f"{commit}^")
@@ -716,16 +720,23 @@ def export_per_patch(fork: Path, commit: str, pr: PullRequest, out: Path) -> str
                         git(tree, "add", rel)
                 git(tree, "commit", "-q", "-m", patch_message(patch))
             if git(tree, "diff", "--stat", commit, "HEAD").strip():
-                raise ForkError(f"the per-patch commits of {out.name} differ "
-                                "from its PR commit: assign every new file to "
-                                "a patch in overlay_patch")
-            git(tree, "format-patch", "-q", "-o", str(out), f"{commit}^..HEAD")
-            stats = [git(tree, "log", "-1", "--format=%s", c).strip() + "\n"
-                     + git(tree, "diff", "--shortstat", f"{c}^", c)
-                     for c in git(tree, "rev-list", "--reverse",
-                                  f"{commit}^..HEAD").split()]
+                raise ForkError("the per-patch commits differ from the PR's "
+                                "commit: assign every new file to a patch in "
+                                "overlay_patch")
+            yield tree, git(tree, "rev-list", "--reverse",
+                            f"{commit}^..HEAD").split()
         finally:
             git(fork, "worktree", "remove", "--force", str(tree))
+
+
+def export_per_patch(fork: Path, commit: str, pr: PullRequest, out: Path) -> str:
+    """Write one PR as one commit per patch; return their shortstats."""
+    out.mkdir(parents=True)
+    with per_patch_commits(fork, commit, pr) as (tree, commits):
+        git(tree, "format-patch", "-q", "-o", str(out), f"{commit}^..HEAD")
+        stats = [git(tree, "log", "-1", "--format=%s", c).strip() + "\n"
+                 + git(tree, "diff", "--shortstat", f"{c}^", c)
+                 for c in commits]
     return f"{out.name} as one commit per patch:\n" + "".join(stats)
 
 

@@ -22,7 +22,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from forktool.cli import REPO, fork_dir, git, import_commit
+from forktool.cli import (
+    REPO,
+    PullRequest,
+    fork_dir,
+    git,
+    import_commit,
+    load_series,
+    per_patch_commits,
+)
 
 MYPY_ERROR = re.compile(r"^(?P<path>[^:\s]+\.py):(?P<line>\d+): error: ", re.M)
 
@@ -117,23 +125,39 @@ def mypy_plugin_package(fork: Path, env: dict[str, str]) -> bool:
 
 
 def lint_each_pr(fork: Path) -> int:
+    """Lint every PR of the series on its own, and every commit of a PR
+    exported as one commit per patch."""
     base = import_commit(fork)
     commits = git(fork, "rev-list", "--reverse", f"{base}..HEAD").split()
-    failed = []
+    failed: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for n, commit in enumerate(commits, 1):
+        for n, (pr, commit) in enumerate(zip(load_series(), commits), 1):
             subject = git(fork, "log", "-1", "--format=%s", commit).strip()
             print(f"lint: PR {n}/{len(commits)}: {subject}", flush=True)
             tree = Path(tmp) / f"pr{n}"
             git(fork, "worktree", "add", "-q", "--detach", str(tree), commit)
             try:
                 if lint(tree):
-                    failed.append(n)
+                    failed.append(str(n))
             finally:
                 git(fork, "worktree", "remove", "--force", str(tree))
+            if pr.commit_per_patch:
+                failed += lint_per_patch(fork, commit, pr, n)
     print(f"lint: {len(commits)} PRs, "
           + (f"FAILED: {failed}" if failed else "each clean"))
     return 1 if failed else 0
+
+
+def lint_per_patch(fork: Path, commit: str, pr: PullRequest, n: int) -> list[str]:
+    failed = []
+    with per_patch_commits(fork, commit, pr) as (tree, commits):
+        for i, patch_commit in enumerate(commits, 1):
+            git(tree, "checkout", "-q", "--detach", patch_commit)
+            subject = git(tree, "log", "-1", "--format=%s", patch_commit).strip()
+            print(f"lint: PR {n}, commit {i}/{len(commits)}: {subject}", flush=True)
+            if lint(tree):
+                failed.append(f"{n}.{i}")
+    return failed
 
 
 def main() -> int:

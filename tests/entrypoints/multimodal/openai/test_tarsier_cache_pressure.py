@@ -145,8 +145,9 @@ def send(client: openai.OpenAI, request: Request, media_dir: Path) -> tuple[int,
                 },
             )
             choice = output.choices[0]
-            token_ids = choice.model_dump()["token_ids"]
-            return 200, (token_ids, [t.logprob for t in choice.logprobs.content])
+            assert choice.logprobs is not None and choice.logprobs.content
+            logprobs = [t.logprob for t in choice.logprobs.content]
+            return 200, (choice.model_dump()["token_ids"], logprobs)
         if request.api == "responses":
             response = client.responses.create(
                 model=MODEL,
