@@ -23,18 +23,23 @@ long are alike. Encoders (all with a keyframe every 250 frames):
 
 - h264: libx264, preset ultrafast (no B-frames, CAVLC);
 - h264-bframes: libx264, preset medium, 3 B-frames (CABAC);
-- hevc: libx265;
+- hevc: libx265, preset ultrafast;
 - vp9: libvpx-vp9, realtime, cpu-used 8, 8 Mbit/s (WebM);
 - mpeg4: FFmpeg's MPEG-4 part 2, 8 Mbit/s (AVI).
 
-Writing a 10-minute 1080p clip takes minutes (much longer with hevc or
-h264-bframes on few cores); choose the lengths with `--lengths`. The table
-goes to stdout and to build/bench-results/long_video.md. Run it from the
-repository root:
+H.264 (ultrafast) clips are `--lengths` long (10 s, 2 and 10 minutes), the
+other codecs' `--codec-lengths` (1 minute: writing a 10-minute 1080p clip
+takes minutes, much longer with B-frames or HEVC on few cores). Then, unless
+`--qa-length 0`, `benchmark_tarsier_video_qa.py` times questions about a
+`--qa-length` clip through `vllm serve` and `LLM.chat` on the tiny fixture.
+The tables go to stdout and to build/bench-results/long_video.md. Run it
+from the repository root (the default is the whole run, about 20 minutes on
+2 cores):
 
+    export HF_HOME=$PWD/build/hf HF_HUB_OFFLINE=1
     build/venv/bin/python bench/benchmark_tarsier_long_video.py
     build/venv/bin/python bench/benchmark_tarsier_long_video.py \\
-        --lengths 10 120 --codecs h264 vp9 mpeg4 --repetitions 1
+        --lengths 10 120 --codecs h264 vp9 --repetitions 1 --qa-length 0
 """
 
 import argparse
@@ -57,6 +62,8 @@ GOP = 250
 ARMS = ("sequential", "seek")
 # Bump when the clips' content changes, so that cached clips are rewritten.
 CONTENT_VERSION = 1
+# Frames a clip variant's pattern is ahead of the first's.
+VARIANT_SHIFT = 7919
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,11 @@ CODECS = {
     "h264-bframes": Codec(
         "libx264", "mp4", {"preset": "medium", "bf": "3", "g": str(GOP)}
     ),
-    "hevc": Codec("libx265", "mp4", {"g": str(GOP), "x265-params": "log-level=none"}),
+    "hevc": Codec(
+        "libx265",
+        "mp4",
+        {"preset": "ultrafast", "g": str(GOP), "x265-params": "log-level=none"},
+    ),
     "vp9": Codec(
         "libvpx-vp9",
         "webm",
@@ -143,7 +154,7 @@ class ArmResult:
     runs: list[dict] = field(default_factory=list)
 
 
-def clip_path(directory: Path, codec: str, length: int) -> Path:
+def clip_path(directory: Path, codec: str, length: int, variant: int = 0) -> Path:
     """Cache path; its name carries a hash of everything that shapes the clip."""
     spec = CODECS[codec]
     params = {
@@ -155,6 +166,8 @@ def clip_path(directory: Path, codec: str, length: int) -> Path:
         "options": {k: v for k, v in spec.options.items() if k != "threads"},
         "bit_rate": spec.bit_rate,
     }
+    if variant:
+        params["variant"] = variant
     key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
     return directory / f"{codec}_{length}s_{HEIGHT}p{FPS}_{key}.{spec.extension}"
 
@@ -189,8 +202,10 @@ def fill_frame(
     out[400:680, x : x + 320] = 235
 
 
-def write_clip(path: Path, codec: str, length: int) -> None:
-    """Encode the clip to a temporary name, then move it into place."""
+def write_clip(path: Path, codec: str, length: int, variant: int = 0) -> None:
+    """Encode the clip to a temporary name, then move it into place. Another
+    `variant` starts the pattern elsewhere: the same kind of clip, other frames
+    (so that vLLM's content-keyed caches do not take it for the first)."""
     import av
 
     spec = CODECS[codec]
@@ -205,7 +220,7 @@ def write_clip(path: Path, codec: str, length: int) -> None:
         if spec.bit_rate:
             stream.codec_context.bit_rate = spec.bit_rate
         for t in range(total):
-            fill_frame(buffer, planes, t)
+            fill_frame(buffer, planes, t + VARIANT_SHIFT * variant)
             frame = av.VideoFrame.from_ndarray(buffer, format="yuv420p")
             frame.pts, frame.time_base = t, Fraction(1, FPS)
             container.mux(stream.encode(frame))
@@ -240,13 +255,14 @@ def count_keyframes(path: Path) -> int:
         )
 
 
-def prepare_clip(directory: Path, codec: str, length: int) -> Clip:
-    path = clip_path(directory, codec, length)
+def prepare_clip(directory: Path, codec: str, length: int, variant: int = 0) -> Clip:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = clip_path(directory, codec, length, variant)
     if path.exists():
         print(f"reusing {path}", flush=True)
     else:
         print(f"writing {path} ({length * FPS} frames with {codec})", flush=True)
-        write_clip(path, codec, length)
+        write_clip(path, codec, length, variant)
     return Clip(codec, length, path, path.stat().st_size / 2**20, count_keyframes(path))
 
 
@@ -385,21 +401,40 @@ def environment() -> str:
 
 
 def main() -> None:
+    from benchmark_tarsier_video_qa import add_arguments as add_qa_arguments
+    from benchmark_tarsier_video_qa import qa_report
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--lengths",
         type=int,
         nargs="+",
         default=[10, 120, 600],
-        help="clip lengths in seconds",
+        help="H.264 (ultrafast) clip lengths in seconds",
     )
-    parser.add_argument("--codecs", nargs="+", default=["h264"], choices=sorted(CODECS))
+    parser.add_argument(
+        "--codecs", nargs="+", default=list(CODECS), choices=sorted(CODECS)
+    )
+    parser.add_argument(
+        "--codec-lengths",
+        type=int,
+        nargs="*",
+        default=[60],
+        help="clip lengths in seconds for the codecs other than h264",
+    )
     parser.add_argument("--num-frames", type=int, default=8)
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=Path("build/bench-videos"))
     parser.add_argument(
         "--output", type=Path, default=Path("build/bench-results/long_video.md")
     )
+    parser.add_argument(
+        "--qa-length",
+        type=int,
+        default=600,
+        help="seconds of the clip the questions are about (0: no questions)",
+    )
+    add_qa_arguments(parser)
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
 
@@ -407,7 +442,7 @@ def main() -> None:
     print(env, flush=True)
     rows = []
     for codec in args.codecs:
-        for length in args.lengths:
+        for length in args.lengths if codec == "h264" else args.codec_lengths:
             clip = prepare_clip(args.dir, codec, length)
             rows.append((clip, run_clip(clip, args.num_frames, args.repetitions)))
 
@@ -416,6 +451,11 @@ def main() -> None:
         f"`{' '.join([Path(sys.executable).name, *sys.argv])}`\n\n"
         + table(rows, args.num_frames, args.repetitions)
     )
+    if args.qa_length:
+        print("\n" + report, end="", flush=True)
+        report += "\n" + qa_report(
+            argparse.Namespace(**{**vars(args), "length": args.qa_length})
+        )
     print("\n" + report, end="")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report)

@@ -1,19 +1,23 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
-"""Several questions about one long video through `vllm serve`.
+"""Questions about one long video, through `vllm serve` and `LLM.chat`.
 
-Starts `vllm serve` on a Tarsier checkpoint (the tiny fixture by default, with
-the fake HF cache of `make`), and times, one request at a time:
+For each API, in a fresh engine (so its caches start empty), one request at a
+time, with the video as a `file://` URL:
 
-- one question with the video as a `file://` URL (cold: nothing cached);
-- five questions, each sending the URL again (the loader and the processor
-  run every time; the prefix cache may still serve the video's tokens);
-- five questions about another copy of the video, the first with the URL and a
-  `uuid`, the next four with only the `uuid` (`"video_url": {}`), vLLM's
-  cached-input form: no download, no decoding.
+- a warm-up question about a third clip of the same kind (not timed: the
+  first long video an engine sees costs more, about a second here);
+- one question about clip A: what a video costs the first time;
+- four more questions about A, the URL each time: vLLM's caches key the video
+  by its content, so they serve it only after the loader decoded it again;
+- five questions about clip B (A's kind and length, other frames): the first
+  with the URL and a `uuid`, the next four with only the `uuid`
+  (`"video_url": {}`), vLLM's cached-input form: no read, no decoding.
 
-The video is a 1080p H.264 clip written by `benchmark_tarsier_long_video.py`
-(reused if it exists). Run from the repository root:
+The goal: five questions about one video cost at most 1.3 times one question.
+Clips are 1080p H.264, written by `benchmark_tarsier_long_video.py` into
+`--dir` (reused when there); that benchmark runs this one after its loader
+table. Alone, from the repository root:
 
     export HF_HOME=$PWD/build/hf HF_HUB_OFFLINE=1
     build/venv/bin/python bench/benchmark_tarsier_video_qa.py --length 600
@@ -21,97 +25,197 @@ The video is a 1080p H.264 clip written by `benchmark_tarsier_long_video.py`
 
 import argparse
 import json
-import shutil
+import os
+import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from benchmark_tarsier_long_video import prepare_clip  # noqa: E402
-from benchmark_tarsier_serving import start_server  # noqa: E402
 
+TEMPLATE = (
+    BENCH.parent / "vllm/transformers_utils/chat_templates/template_tarsier.jinja"
+)
 QUESTIONS = [f"Question {i}: what happens in the video?" for i in range(5)]
+APIS = ("serve", "LLM.chat")
+MAX_TOKENS = 4
+RESULT = "QA-RESULT "
+
+Ask = Callable[[dict[str, Any], str], float]
 
 
-def ask(base_url: str, model: str, video: dict, question: str) -> float:
-    body = {
-        "model": model,
-        "messages": [
-            {"role": "user", "content": [video, {"type": "text", "text": question}]}
-        ],
-        "max_completion_tokens": 4,
-        "temperature": 0.0,
-    }
-    request = urllib.request.Request(
-        f"{base_url}/v1/chat/completions",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+def messages(video: dict[str, Any], question: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": [video, {"type": "text", "text": question}]}]
+
+
+def server_asker(base_url: str, model: str) -> Ask:
+    def ask(video: dict[str, Any], question: str) -> float:
+        body = {
+            "model": model,
+            "messages": messages(video, question),
+            "max_completion_tokens": MAX_TOKENS,
+            "temperature": 0.0,
+        }
+        request = urllib.request.Request(
+            f"{base_url}/v1/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        start = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=600) as response:
+            json.load(response)
+        return time.perf_counter() - start
+
+    return ask
+
+
+def session(ask: Ask, warm: Path, a: Path, b: Path) -> dict[str, Any]:
+    """The timed questions; every answer is awaited before the next."""
+
+    def url(path: Path) -> dict[str, Any]:
+        return {"type": "video_url", "video_url": {"url": path.resolve().as_uri()}}
+
+    ask(url(warm), "warm-up")
+    one = ask(url(a), QUESTIONS[0])
+    by_url = [one] + [ask(url(a), q) for q in QUESTIONS[1:]]
+    by_uuid = [ask({**url(b), "uuid": "qa-clip-b"}, QUESTIONS[0])]
+    by_id = {"type": "video_url", "video_url": {}, "uuid": "qa-clip-b"}
+    by_uuid += [ask(by_id, q) for q in QUESTIONS[1:]]
+    return {"one": one, "url": by_url, "uuid": by_uuid}
+
+
+def run_serve(args: argparse.Namespace, clips: list[Path]) -> dict[str, Any]:
+    from benchmark_tarsier_serving import start_server
+
+    server = start_server(
+        argparse.Namespace(
+            model=args.model,
+            chat_template=TEMPLATE,
+            max_model_len=args.max_model_len,
+            server_arg=["--allowed-local-media-path", str(args.dir.resolve())],
+            server_log=None,
+            startup_timeout=args.startup_timeout,
+        )
     )
-    start = time.perf_counter()
-    with urllib.request.urlopen(request, timeout=600) as response:
-        json.load(response)
-    return time.perf_counter() - start
+    try:
+        return session(server_asker(server.base_url, args.model), *clips)
+    finally:
+        server.stop()
+
+
+def run_llm(args: argparse.Namespace, clips: list[Path]) -> dict[str, Any]:
+    os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(
+        args.model,
+        max_model_len=args.max_model_len,
+        limit_mm_per_prompt={"image": 1, "video": 1},
+        enforce_eager=True,
+        allowed_local_media_path=str(args.dir.resolve()),
+    )
+    template = TEMPLATE.read_text()
+    sampling_params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
+
+    def ask(video: dict[str, Any], question: str) -> float:
+        start = time.perf_counter()
+        llm.chat(
+            messages(video, question),  # type: ignore[arg-type]
+            sampling_params,
+            chat_template=template,
+            use_tqdm=False,
+        )
+        return time.perf_counter() - start
+
+    return session(ask, *clips)
+
+
+def measure(api: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One API's session in a fresh process (fresh engine, empty caches)."""
+    cmd = [
+        sys.executable,
+        __file__,
+        "--api",
+        api,
+        "--model",
+        args.model,
+        "--length",
+        str(args.length),
+        "--dir",
+        str(args.dir),
+        "--max-model-len",
+        str(args.max_model_len),
+    ]
+    print(f"QA through {api}: {' '.join(cmd)}", flush=True)
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    line = next(x for x in reversed(out.splitlines()) if x.startswith(RESULT))
+    return json.loads(line.removeprefix(RESULT))
+
+
+def table(results: dict[str, dict[str, Any]], length: int, model: str) -> str:
+    lines = [
+        f"Questions about a {length} s 1080p H.264 clip (`file://` URL), {model}, "
+        f"{MAX_TOKENS} tokens each, one request at a time, a fresh engine per API.",
+        "",
+        "| API | one question (A) | five, the URL each time (A) | ratio "
+        "| five, URL + `uuid` then `uuid` (B) | ratio | ratio to its first |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for api, r in results.items():
+        url, uuid = sum(r["url"]), sum(r["uuid"])
+        lines.append(
+            f"| {api} | {r['one']:.2f} s | {url:.2f} s | {url / r['one']:.2f}× "
+            f"| {uuid:.2f} s | {uuid / r['one']:.2f}× "
+            f"| {uuid / r['uuid'][0]:.2f}× |"
+        )
+    lines += ["", "Each question's seconds:", ""]
+    for api, r in results.items():
+        lines.append(
+            f"- {api}: URL {[round(t, 2) for t in r['url']]}, "
+            f"uuid {[round(t, 2) for t in r['uuid']]}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def qa_report(args: argparse.Namespace) -> str:
+    """Both APIs' sessions, as the report's section (clips written first)."""
+    for variant in (2, 0, 1):
+        prepare_clip(args.dir, "h264", args.length, variant)
+    results = {api: measure(api, args) for api in APIS}
+    return "## Questions about one video\n\n" + table(results, args.length, args.model)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="omni-research/Tarsier-7b")
+    parser.add_argument("--max-model-len", type=int, default=8192)
+    parser.add_argument("--startup-timeout", type=float, default=900)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="omni-research/Tarsier-7b")
+    add_arguments(parser)
     parser.add_argument("--length", type=int, default=600, help="seconds of video")
     parser.add_argument("--dir", type=Path, default=Path("build/bench-videos"))
-    parser.add_argument("--max-model-len", type=int, default=8192)
-    parser.add_argument("--startup-timeout", type=float, default=900)
+    parser.add_argument("--api", choices=APIS, help="one API (internal)")
     args = parser.parse_args()
 
-    clip = prepare_clip(args.dir, "h264", args.length)
-    media = Path(tempfile.mkdtemp(prefix="tarsier-qa-"))
-    first, second = media / "first.mp4", media / "second.mp4"
-    shutil.copyfile(clip.path, first)
-    shutil.copyfile(clip.path, second)
-
-    server_args = argparse.Namespace(
-        model=args.model,
-        chat_template=BENCH.parent / "vllm/transformers_utils/chat_templates/template_tarsier.jinja",
-        max_model_len=args.max_model_len,
-        server_arg=["--allowed-local-media-path", str(media)],
-        server_log=None,
-        startup_timeout=args.startup_timeout,
-    )
-    server = start_server(server_args)
-    try:
-        url = {"type": "video_url", "video_url": {"url": first.as_uri()}}
-        ask(server.base_url, args.model, url, "warm-up")  # not timed
-        fresh = {"type": "video_url", "video_url": {"url": second.as_uri()}}
-        one = ask(server.base_url, args.model, fresh, QUESTIONS[0])
-        again = [ask(server.base_url, args.model, fresh, q) for q in QUESTIONS]
-        third = media / "third.mp4"
-        shutil.copyfile(clip.path, third)
-        named = {
-            "type": "video_url",
-            "video_url": {"url": third.as_uri()},
-            "uuid": "qa-clip",
-        }
-        by_id = {"type": "video_url", "video_url": {}, "uuid": "qa-clip"}
-        cached = [ask(server.base_url, args.model, named, QUESTIONS[0])]
-        cached += [ask(server.base_url, args.model, by_id, q) for q in QUESTIONS[1:]]
-    finally:
-        server.stop()
-        shutil.rmtree(media, ignore_errors=True)
-
-    print(f"\n{clip.path.name}: {args.length} s of 1080p H.264, {args.model}")
-    print(f"one question, cold:                    {one:6.2f} s")
-    print(
-        f"five questions, URL each time:         {sum(again):6.2f} s "
-        f"({sum(again) / one:.2f}x one)  {[round(t, 2) for t in again]}"
-    )
-    print(
-        f"five questions, URL + uuid then uuid:  {sum(cached):6.2f} s "
-        f"({sum(cached) / one:.2f}x one, {sum(cached) / cached[0]:.2f}x its first)  "
-        f"{[round(t, 2) for t in cached]}"
-    )
+    if args.api is None:
+        print("\n" + qa_report(args), end="")
+        return
+    clips = [
+        prepare_clip(args.dir, "h264", args.length, variant).path
+        for variant in (2, 0, 1)
+    ]
+    # vLLM's CPU backend otherwise sizes its KV cache from most of the memory.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+    run = run_serve if args.api == "serve" else run_llm
+    print(RESULT + json.dumps(run(args, clips)), flush=True)
 
 
 if __name__ == "__main__":

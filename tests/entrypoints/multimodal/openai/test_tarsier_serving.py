@@ -554,6 +554,28 @@ def test_same_output_alone_and_in_a_batch(
     np.testing.assert_allclose(logprobs, ref_logprobs, atol=1e-3)
 
 
+def test_questions_about_one_video_by_its_uuid(
+    client: openai.OpenAI, family: Family, media_dir: Path, file_server: str
+) -> None:
+    """The documented way to ask about one video again: send it once with a
+    `uuid`, then the `uuid` alone. Once the file is gone the later questions
+    still get the answers the whole video gives, so the server neither fetches
+    nor decodes it again."""
+    name = f"qa_{family.model.replace('/', '_')}.mp4"
+    path = write_video(media_dir / name, smooth_frames(40, 64, 48, 40), "mp4v")
+    questions = ["What happens?", "Who is there?", "Where is it?"]
+    whole = video_part(f"{file_server}/{name}")
+    expected = [chat(client, family, user(whole, text=q)) for q in questions]
+
+    uuid = f"qa-{name}"
+    named = chat(client, family, user({**whole, "uuid": uuid}, text=questions[0]))
+    path.unlink()
+    by_id = {"type": "video_url", "video_url": {}, "uuid": uuid}
+    again = [chat(client, family, user(by_id, text=q)) for q in questions[1:]]
+    for question, actual, reference in zip(questions, [named, *again], expected):
+        assert_same_output(actual, reference, question)
+
+
 # ------------------------------------------------------------------ bad input
 @dataclass(frozen=True)
 class Bad:
