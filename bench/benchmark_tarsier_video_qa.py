@@ -151,6 +151,8 @@ def measure(api: str, args: argparse.Namespace) -> dict[str, Any]:
         str(args.dir),
         "--max-model-len",
         str(args.max_model_len),
+        "--startup-timeout",
+        str(args.startup_timeout),
     ]
     print(f"QA through {api}: {' '.join(cmd)}", flush=True)
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
