@@ -186,9 +186,7 @@ def table(results: dict[str, dict[str, Any]], length: int, model: str) -> str:
 
 
 def qa_report(args: argparse.Namespace) -> str:
-    """Both APIs' sessions, as the report's section (clips written first)."""
-    for variant in (2, 0, 1):
-        prepare_clip(args.dir, "h264", args.length, variant)
+    """Both APIs' sessions, as the report's section (the first writes the clips)."""
     results = {api: measure(api, args) for api in APIS}
     return "## Questions about one video\n\n" + table(results, args.length, args.model)
 
@@ -210,6 +208,7 @@ def main() -> None:
     if args.api is None:
         print("\n" + qa_report(args), end="")
         return
+    # The warm-up clip, A and B: variants of one kind of clip.
     clips = [
         prepare_clip(args.dir, "h264", args.length, variant).path
         for variant in (2, 0, 1)
